@@ -1,0 +1,157 @@
+"""One typed configuration for the whole suite, read in exactly one place.
+
+Every field can be overridden by an environment variable named ``TL_<FIELD>``
+(for example ``TL_BUDGET=smoke`` or ``TL_EPOCHS=3``). The budget switch
+``TL_BUDGET`` picks a preset for everything that decides how much work a run
+does; explicit overrides win over the preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# How much work a run does. "smoke" is for CI (seconds per notebook on 2 CPU
+# cores), "cpu" for a learner's laptop (minutes), "full" is the source article's
+# recipe for a GPU (224 px, ImageNet normalisation, several epochs).
+BUDGETS: dict[str, dict] = {
+    "smoke": dict(image_size=64, epochs=2, batch_size=16, demo_images_per_class=24,
+                  train_per_class=None, eval_per_class=None, num_workers=0),
+    "cpu": dict(image_size=112, epochs=3, batch_size=32, demo_images_per_class=80,
+                train_per_class=60, eval_per_class=20, num_workers=None),
+    "full": dict(image_size=224, epochs=10, batch_size=64, demo_images_per_class=200,
+                 train_per_class=None, eval_per_class=None, num_workers=None),
+}
+
+
+def _help(text: str, **kwargs) -> dict:
+    return dict(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class Config:
+    """Everything a run depends on. Build it with :func:`load_config`."""
+
+    budget: str = field(default="auto", **_help("smoke | cpu | full | auto (smoke under CI, full on a GPU, else cpu)"))
+    dataset: str = field(default="auto", **_help("demo | vegetables | auto | a folder of class folders"))
+    weights: str = field(default="auto", **_help("imagenet | auto (imagenet, else random, loudly) | random | path to a .pth"))
+    seed: int = field(default=42, **_help("seeds the split, the initial weights and the batch order"))
+    data_dir: Path = field(default=REPO_ROOT / "data", **_help("where datasets and split manifests live"))
+    runs_dir: Path = field(default=REPO_ROOT / "runs", **_help("where run records, figures and executed notebooks go"))
+    device: str = field(default="auto", **_help("auto | cpu | cuda | mps"))
+    image_size: int = field(default=0, **_help("training crop size in pixels (from the budget)"))
+    epochs: int = field(default=0, **_help("epochs per run (from the budget)"))
+    batch_size: int = field(default=0, **_help("images per batch (from the budget)"))
+    lr: float = field(default=1e-3, **_help("Adam learning rate, cosine-annealed over the epochs"))
+    weight_decay: float = field(default=1e-4, **_help("Adam weight decay"))
+    dropout: float = field(default=0.2, **_help("dropout before the new linear head"))
+    val_fraction: float = field(default=0.15, **_help("validation share when the split is made here"))
+    test_fraction: float = field(default=0.15, **_help("test share when the split is made here"))
+    train_per_class: int | None = field(default=None, **_help("cap on training images per class (from the budget)"))
+    eval_per_class: int | None = field(default=None, **_help("cap on validation/test images per class (from the budget)"))
+    demo_images_per_class: int = field(default=0, **_help("size of the offline demo dataset (from the budget)"))
+    num_workers: int | None = field(default=None, **_help("DataLoader workers; empty means pick for this machine"))
+    early_stopping: int = field(default=0, **_help("stop after this many epochs without a better validation accuracy (0: off)"))
+    top_k: int = field(default=5, **_help("how many class probabilities each test prediction keeps"))
+
+    def __post_init__(self) -> None:
+        if self.budget == "auto":
+            self.budget = auto_budget()
+        if self.budget not in BUDGETS:
+            raise ValueError(f"Unknown budget {self.budget!r}: set TL_BUDGET to one of {', '.join(BUDGETS)} or auto.")
+        for name, value in BUDGETS[self.budget].items():
+            if getattr(self, name) in (0, None):
+                setattr(self, name, value)
+        if self.num_workers is None:
+            self.num_workers = default_num_workers()
+        self.data_dir, self.runs_dir = Path(self.data_dir), Path(self.runs_dir)
+
+    def as_dict(self) -> dict:
+        """Plain, JSON-friendly values (paths as strings) for run records."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def show(self) -> None:
+        """Print the configuration, marking values that came from the environment."""
+        print(f"Configuration (override any field with TL_<FIELD>, e.g. TL_BUDGET=smoke):")
+        for f in fields(self):
+            source = "  <- env" if f"TL_{f.name.upper()}" in os.environ else ""
+            print(f"  {f.name:<22} {getattr(self, f.name)!s:<28}{source}")
+        print(f"  runtime: {detect_runtime()}, device: {pick_device(self.device)}, python {platform.python_version()}")
+
+
+def _parse(text: str, kind) -> object:
+    kind = str(kind)
+    if text.strip().lower() in ("", "none") and "None" in kind:
+        return None
+    if "int" in kind:
+        return int(text)
+    if "float" in kind:
+        return float(text)
+    if "Path" in kind:
+        return Path(text).expanduser()
+    return text
+
+
+def load_config(**overrides) -> Config:
+    """Build the configuration: defaults < budget preset < ``TL_*`` env vars < ``overrides``."""
+    values = {}
+    for f in fields(Config):
+        env = os.environ.get(f"TL_{f.name.upper()}")
+        if env is not None:
+            try:
+                values[f.name] = _parse(env, f.type)
+            except ValueError:
+                raise ValueError(f"TL_{f.name.upper()}={env!r} is not a valid {f.type}: {f.metadata['help']}") from None
+    values.update(overrides)
+    return Config(**values)
+
+
+def auto_budget() -> str:
+    if os.environ.get("CI"):
+        return "smoke"
+    return "full" if torch.cuda.is_available() else "cpu"
+
+
+def detect_runtime() -> str:
+    """'colab', 'kaggle' or 'local'."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or Path("/kaggle/working").is_dir():
+        return "kaggle"
+    return "local"
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_num_workers() -> int:
+    """Workers that help without oversubscribing: leave one core for the training process.
+
+    Safe under spawn (Windows, macOS) because the datasets and transforms live in
+    importable modules of ``common``.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so that a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

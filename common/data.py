@@ -1,0 +1,244 @@
+"""Dataset layouts, the seeded split and its manifest, transforms and DataLoaders.
+
+Two layouts are understood:
+
+* ``presplit``: ``root/train/<class>/``, ``root/validation/<class>/`` (or
+  ``val/``, ``valid/``) and optionally ``root/test/<class>/``, as the Kaggle
+  vegetable dataset ships;
+* ``flat``: ``root/<class>/``, split here by a stratified, seeded split.
+
+Either way the result is a manifest (one row per file: split, path, label,
+class name) saved under ``data/splits/`` so that every notebook, engine and
+re-run uses exactly the same files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": ("train", "training"), "validation": ("validation", "val", "valid"),
+                  "test": ("test", "testing")}
+MANIFEST_COLUMNS = ["split", "path", "label", "class_name"]
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used as it is; the message says how to fix it."""
+
+
+@dataclass
+class Layout:
+    kind: str  # "presplit" or "flat"
+    root: Path
+    split_dirs: dict[str, Path]  # presplit only: split name -> folder
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def detect_layout(root: Path) -> Layout:
+    """Find the layout of ``root``, descending through a single wrapper folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Dataset folder {root} does not exist. Check the path (TL_DATASET) or download the data first.")
+    subdirs = _class_dirs(root)
+    if len(subdirs) == 1 and not any(_is_image(p) for p in subdirs[0].iterdir()):
+        return detect_layout(subdirs[0])  # e.g. Kaggle's "Vegetable Images/" top folder
+    by_name = {p.name.lower(): p for p in subdirs}
+    found = {split: next((by_name[a] for a in aliases if a in by_name), None)
+             for split, aliases in _SPLIT_ALIASES.items()}
+    if found["train"] is not None and found["validation"] is not None:
+        return Layout("presplit", root, {k: v for k, v in found.items() if v is not None})
+    if found["train"] is not None:
+        raise DatasetError(f"{root} has a train/ folder but no validation/ (or val/) folder beside it. "
+                           "Add one, or put the class folders directly under the root to have the suite split them.")
+    if not subdirs:
+        raise DatasetError(f"{root} has no class folders. Expected root/<class>/*.jpg or root/train|validation/<class>/.")
+    return Layout("flat", root, {})
+
+
+def scan_classes(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted image files under ``folder/<class>/``; empty classes are an error."""
+    classes = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in _class_dirs(folder)}
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise DatasetError(f"Class folder(s) {', '.join(empty)} under {folder} contain no images. "
+                           "Remove the empty folders or add images to them.")
+    if not classes:
+        raise DatasetError(f"No class folders under {folder}.")
+    return classes
+
+
+def _rows(split: str, classes: dict[str, list[Path]], class_names: list[str], root: Path) -> list[dict]:
+    index = {name: i for i, name in enumerate(class_names)}
+    return [dict(split=split, path=p.relative_to(root).as_posix(), label=index[name], class_name=name)
+            for name, files in classes.items() for p in files]
+
+
+def _stratified(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off ``fraction`` of ``df``, stratified by label; returns (rest, part)."""
+    rest, part = train_test_split(df, test_size=fraction, stratify=df["label"], random_state=seed)
+    return rest, part
+
+
+def build_split(root: Path, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15) -> pd.DataFrame:
+    """The manifest for ``root`` as a DataFrame with :data:`MANIFEST_COLUMNS`."""
+    layout = detect_layout(root)
+    if layout.kind == "flat":
+        classes = scan_classes(layout.root)
+        names = sorted(classes)
+        df = pd.DataFrame(_rows("", classes, names, layout.root))
+        too_small = [n for n, files in classes.items() if len(files) < 3]
+        if too_small:
+            raise DatasetError(f"Class(es) {', '.join(too_small)} have fewer than 3 images: "
+                               "a train/validation/test split needs at least one of each.")
+        rest, test = _stratified(df, test_fraction, seed)
+        train, val = _stratified(rest, val_fraction / (1 - test_fraction), seed)
+        parts = {"train": train, "validation": val, "test": test}
+    else:
+        scanned = {split: scan_classes(folder) for split, folder in layout.split_dirs.items()}
+        names = sorted(scanned["train"])
+        for split, classes in scanned.items():
+            if sorted(classes) != names:
+                diff = sorted(set(classes) ^ set(names))
+                raise DatasetError(f"The classes in {layout.split_dirs[split].name}/ differ from train/: {', '.join(diff)}. "
+                                   "Every split folder must hold the same class folders.")
+        parts = {split: pd.DataFrame(_rows(split, classes, names, layout.root)) for split, classes in scanned.items()}
+        if "test" not in parts:  # no test folder: hold out part of train, never touch validation
+            parts["train"], parts["test"] = _stratified(parts["train"], test_fraction, seed)
+    frames = [parts[s].assign(split=s) for s in SPLITS]
+    manifest = pd.concat(frames, ignore_index=True)[MANIFEST_COLUMNS]
+    manifest.attrs.update(root=str(layout.root), layout=layout.kind, classes=names)
+    return manifest
+
+
+def check_disjoint(manifest: pd.DataFrame) -> None:
+    """Raise if any file appears in more than one split."""
+    dupes = manifest[manifest.duplicated("path", keep=False)]
+    if not dupes.empty:
+        raise DatasetError(f"{dupes['path'].nunique()} file(s) appear in more than one split, e.g. {dupes['path'].iloc[0]}.")
+
+
+def fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash naming exactly which files are in which split."""
+    text = manifest[MANIFEST_COLUMNS].to_csv(index=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def load_or_make_split(root: Path, manifest_path: Path, seed: int, val_fraction: float = 0.15,
+                       test_fraction: float = 0.15) -> pd.DataFrame:
+    """Reuse the saved manifest if it describes the same data and settings, else make and save it."""
+    root, manifest_path = Path(root), Path(manifest_path)
+    settings = dict(root=str(detect_layout(root).root.resolve()), seed=seed,
+                    val_fraction=val_fraction, test_fraction=test_fraction)
+    info_path = manifest_path.with_suffix(".json")
+    if manifest_path.is_file() and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if info.get("settings") == settings:
+            manifest = pd.read_csv(manifest_path)
+            if fingerprint(manifest) == info.get("fingerprint") and _files_exist(manifest, Path(settings["root"])):
+                manifest.attrs.update(root=settings["root"], layout=info["layout"], classes=info["classes"])
+                return manifest
+    manifest = build_split(root, seed, val_fraction, test_fraction)
+    check_disjoint(manifest)
+    manifest.attrs["root"] = settings["root"]
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(manifest_path, manifest.to_csv(index=False))
+    counts = manifest.groupby(["split", "class_name"]).size().unstack(fill_value=0).to_dict("index")
+    info = dict(settings=settings, layout=manifest.attrs["layout"], classes=manifest.attrs["classes"],
+                fingerprint=fingerprint(manifest), counts=counts)
+    _atomic_write(info_path, json.dumps(info, indent=1))
+    return manifest
+
+
+def _files_exist(manifest: pd.DataFrame, root: Path) -> bool:
+    return all((root / p).is_file() for p in manifest["path"].iloc[:: max(1, len(manifest) // 50)])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def limit_per_class(manifest: pd.DataFrame, split: str, cap: int | None, seed: int) -> pd.DataFrame:
+    """Keep at most ``cap`` seeded-random files per class in ``split`` (the CPU budget uses this)."""
+    if cap is None:
+        return manifest
+    part = manifest[manifest["split"] == split]
+    kept = part.sample(frac=1.0, random_state=seed).groupby("label").head(cap)
+    out = pd.concat([manifest[manifest["split"] != split], kept]).sort_index()
+    out.attrs.update(manifest.attrs)
+    return out
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def build_transforms(image_size: int, mean, std) -> dict[str, v2.Compose]:
+    """Augmentation (random resized crop, flip) for train; resize and centre crop otherwise."""
+    finish = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+                        v2.RandomHorizontalFlip(), *finish])
+    evaluate = v2.Compose([v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size), *finish])
+    return {"train": train, "validation": evaluate, "test": evaluate}
+
+
+# ---------------------------------------------------------------- datasets and loaders
+
+
+class ImageListDataset(Dataset):
+    """Images listed by a manifest. Lives in a module so worker processes can import it."""
+
+    def __init__(self, root: Path, paths: list[str], labels: list[int], transform=None):
+        self.root, self.paths, self.labels, self.transform = Path(root), list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.root / self.paths[index]) as img:
+            img = img.convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[index]
+
+
+def make_datasets(manifest: pd.DataFrame, transforms: dict) -> dict[str, ImageListDataset]:
+    root = Path(manifest.attrs["root"])
+    out = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        out[split] = ImageListDataset(root, part["path"], part["label"], transforms[split])
+    return out
+
+
+def make_loaders(datasets: dict[str, Dataset], batch_size: int, num_workers: int, seed: int,
+                 pin_memory: bool = False) -> dict[str, DataLoader]:
+    """Loaders with their own seeded generators: the batch order depends on ``seed``
+    alone, and so does augmentation in worker processes (seeded from the generator).
+    With ``num_workers=0`` augmentation draws from the global RNG, which
+    :func:`common.training.start_run` seeds right before training."""
+    out = {}
+    for split, ds in datasets.items():
+        is_train = split == "train"
+        out[split] = DataLoader(
+            ds, batch_size=batch_size, shuffle=is_train, drop_last=is_train and len(ds) > batch_size,
+            num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed))
+    return out

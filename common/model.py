@@ -1,0 +1,153 @@
+"""The modified ResNet50 the suite teaches, and where its weights come from.
+
+Recipe: torchvision ResNet50, drop its last two children (average pool and fc),
+freeze everything except the last convolutional block ``layer4``, then add
+adaptive average pooling, dropout and a new linear head. "Scratch" is the same
+network with random weights and everything trainable.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
+# The file torchvision downloads for IMAGENET_WEIGHTS (under torch.hub.get_dir()/checkpoints/).
+IMAGENET_FILE = Path(IMAGENET_WEIGHTS.url).name
+
+
+class WeightsError(RuntimeError):
+    """The requested weights cannot be had; the message says how to supply them."""
+
+
+@dataclass
+class WeightsInfo:
+    source: str  # "imagenet", "file:<path>" or "random"
+    fallback: str | None = None  # set when something other than the request was used
+    notes: list[str] = field(default_factory=list)
+
+
+def loud(message: str) -> None:
+    """Print a banner no one can miss, and raise a warning for logs."""
+    bar = "!" * 78
+    print(f"{bar}\n{message}\n{bar}", flush=True)
+    warnings.warn(message.splitlines()[0], stacklevel=2)
+
+
+def imagenet_normalisation() -> tuple[list[float], list[float]]:
+    """Mean and std that the ImageNet weights were trained with (from the weights enum)."""
+    t = IMAGENET_WEIGHTS.transforms()
+    return list(t.mean), list(t.std)
+
+
+def _how_to_supply() -> str:
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    return (f"Expected file: {IMAGENET_FILE} (torchvision ResNet50 {IMAGENET_WEIGHTS.name}).\n"
+            f"Either put it at {hub}\n"
+            f"or set TL_WEIGHTS=/path/to/{IMAGENET_FILE} (on Kaggle: attach it as a dataset),\n"
+            f"or set TL_WEIGHTS=random to continue without pretrained weights (transfer is then not meaningful).")
+
+
+def load_backbone(weights: str = "auto") -> tuple[nn.Module, WeightsInfo]:
+    """A torchvision ResNet50 with the requested weights.
+
+    ``weights``: ``"imagenet"`` (the torchvision enum; cached file or download),
+    ``"auto"`` (imagenet, else random weights with a loud warning), ``"random"``,
+    or a path to a ``.pth`` state dict.
+    """
+    if weights in ("random", "none"):
+        return resnet50(weights=None), WeightsInfo("random")
+    if weights in ("imagenet", "auto"):
+        try:
+            return resnet50(weights=IMAGENET_WEIGHTS), WeightsInfo("imagenet")
+        except Exception as exc:  # no network, proxy, corrupt cache, ...
+            problem = f"The ImageNet weights could not be loaded ({type(exc).__name__}: {exc})."
+            if weights == "imagenet":
+                raise WeightsError(f"{problem}\n{_how_to_supply()}") from exc
+            loud(f"FALLBACK: {problem}\nUsing RANDOM weights instead: the 'transfer' runs transfer nothing.\n"
+                 f"{_how_to_supply()}")
+            return resnet50(weights=None), WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
+    return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
+
+
+def load_weights_file(path: Path) -> nn.Module:
+    """A ResNet50 with weights from a local state-dict file (loaded with ``weights_only=True``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"Weights file {path} does not exist.\n{_how_to_supply()}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc}). "
+                           f"It may be truncated or not a weights file.\n{_how_to_supply()}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    model = resnet50(weights=None)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict.\n{_how_to_supply()}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise WeightsError(f"{path} does not hold ResNet50 weights: {' '.join(first)[:400]}\n{_how_to_supply()}") from None
+    return model
+
+
+class TransferResNet(nn.Module):
+    """ResNet50 trunk (stem..layer3), ``layer4``, pooling, dropout and a new head.
+
+    With ``freeze_trunk=True`` the trunk's parameters get no gradients, its
+    BatchNorm layers stay in eval mode through ``model.train()``, and it runs
+    without autograd (no graph is recorded for it, so backward never enters it).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.2, freeze_trunk: bool = True):
+        super().__init__()
+        body = list(backbone.children())[:-2]  # drop avgpool and fc
+        self.trunk = nn.Sequential(*body[:-1])  # conv1, bn1, relu, maxpool, layer1..layer3
+        self.layer4 = body[-1]
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2048, num_classes)
+        self.freeze_trunk = freeze_trunk
+        self.trunk.requires_grad_(not freeze_trunk)
+        self.train()
+
+    def train(self, mode: bool = True) -> "TransferResNet":
+        super().train(mode)
+        if self.freeze_trunk:
+            self.trunk.eval()  # frozen BatchNorm keeps its running statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_trunk):
+            x = self.trunk(x)
+        x = self.layer4(x)
+        return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def build_model(num_classes: int, init: str, weights: str = "auto", dropout: float = 0.2) -> tuple[TransferResNet, WeightsInfo]:
+    """``init="transfer"``: pretrained trunk, frozen except layer4. ``init="scratch"``: random, all trainable."""
+    if init == "transfer":
+        backbone, info = load_backbone(weights)
+        return TransferResNet(backbone, num_classes, dropout, freeze_trunk=True), info
+    if init == "scratch":
+        return TransferResNet(resnet50(weights=None), num_classes, dropout, freeze_trunk=False), WeightsInfo("random")
+    raise ValueError(f"init must be 'transfer' or 'scratch', not {init!r}")
+
+
+def parameter_summary(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameter counts, and trainable counts per top-level block."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    per_block = {name: sum(p.numel() for p in child.parameters() if p.requires_grad)
+                 for name, child in model.named_children()}
+    return dict(trainable=trainable, total=total, **{f"trainable_{k}": v for k, v in per_block.items()})
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,108 @@
+"""Figures shared by the notebooks, with one colour scheme for the whole suite."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
+ENGINE_MARKERS = {"plain": "o", "ignite": "s", "lightning": "^"}
+
+
+def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
+    """Save ``fig`` as ``folder/name.png`` (folder created) and return the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def label_text(meta: dict) -> str:
+    """The caption every figure carries: dataset, budget and any fallback taken."""
+    text = f"dataset: {meta.get('dataset')} | budget: {meta.get('budget')}"
+    if meta.get("fallbacks"):
+        text += " | FALLBACK: " + "; ".join(meta["fallbacks"])
+    return text
+
+
+def show_samples(dataset, class_names: list[str], per_class: int = 4, size: float = 1.6) -> plt.Figure:
+    """A grid of raw images (not normalised): one row per class, with labels."""
+    by_class: dict[int, list[str]] = {}
+    for path, label in zip(dataset.paths, dataset.labels):
+        by_class.setdefault(label, []).append(path)
+    rows = len(class_names)
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * size, rows * size), squeeze=False)
+    for label, name in enumerate(class_names):
+        for j, ax in enumerate(axes[label]):
+            ax.axis("off")
+            files = by_class.get(label, [])
+            if j < len(files):
+                with Image.open(dataset.root / files[j]) as img:
+                    ax.imshow(img.convert("RGB"))
+            if j == 0:
+                ax.set_title(name, fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_counts(counts: pd.DataFrame) -> plt.Figure:
+    """Images per class, stacked by split."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(counts)), 3))
+    counts.plot.bar(stacked=True, ax=ax)
+    ax.set_ylabel("images")
+    ax.set_xlabel("")
+    ax.set_title("Images per class and split")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "") -> plt.Figure:
+    """Loss and accuracy per epoch, train dashed and validation solid, one colour per
+    initialisation and one marker per engine. Keys are (engine, init)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for (engine, init), h in histories.items():
+        style = dict(color=INIT_COLOURS.get(init), marker=ENGINE_MARKERS.get(engine), markersize=4)
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+            ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
+            ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", label=f"{engine} / {init}", **style)
+    ax_loss.set(title="Loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="Accuracy (dashed: train, solid: validation)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    ax_acc.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    if caption:
+        fig.suptitle(caption, fontsize=9, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_trainable(summary: dict[str, int]) -> plt.Figure:
+    """Trainable parameters per block of the model (log scale)."""
+    blocks = {k.removeprefix("trainable_"): v for k, v in summary.items() if k.startswith("trainable_")}
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.barh(list(blocks), [max(v, 1) for v in blocks.values()], color="#2ca02c")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale; 1 means none)")
+    for i, v in enumerate(blocks.values()):
+        ax.text(max(v, 1), i, f" {v:,}", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0) -> plt.Figure:
+    """Images with a title each (used for misclassified examples)."""
+    rows = max(1, int(np.ceil(len(paths) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.4)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, title in zip(axes.flat, paths, titles):
+        with Image.open(path) as img:
+            ax.imshow(img.convert("RGB"))
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,50 @@
+import pytest
+
+from common.config import BUDGETS, load_config
+
+
+def test_budget_presets_fill_unset_fields(monkeypatch):
+    monkeypatch.setenv("TL_BUDGET", "smoke")
+    cfg = load_config()
+    assert cfg.budget == "smoke"
+    assert cfg.image_size == BUDGETS["smoke"]["image_size"]
+    assert cfg.epochs == BUDGETS["smoke"]["epochs"]
+
+
+def test_env_overrides_win_over_the_preset(monkeypatch, tmp_path):
+    monkeypatch.setenv("TL_BUDGET", "full")
+    monkeypatch.setenv("TL_EPOCHS", "7")
+    monkeypatch.setenv("TL_LR", "0.05")
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("TL_TRAIN_PER_CLASS", "none")
+    cfg = load_config()
+    assert (cfg.epochs, cfg.lr, cfg.runs_dir, cfg.image_size) == (7, 0.05, tmp_path, 224)
+    assert cfg.train_per_class is None
+
+
+def test_explicit_arguments_win_over_env(monkeypatch):
+    monkeypatch.setenv("TL_EPOCHS", "7")
+    assert load_config(budget="smoke", epochs=1).epochs == 1
+
+
+def test_auto_budget_is_smoke_under_ci(monkeypatch):
+    monkeypatch.delenv("TL_BUDGET", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert load_config().budget == "smoke"
+
+
+def test_bad_values_say_what_is_wrong(monkeypatch):
+    monkeypatch.setenv("TL_BUDGET", "huge")
+    with pytest.raises(ValueError, match="smoke, cpu, full"):
+        load_config()
+    monkeypatch.setenv("TL_BUDGET", "smoke")
+    monkeypatch.setenv("TL_EPOCHS", "three")
+    with pytest.raises(ValueError, match="TL_EPOCHS"):
+        load_config()
+
+
+def test_config_prints_and_serialises(capsys):
+    cfg = load_config(budget="smoke")
+    cfg.show()
+    assert "budget" in capsys.readouterr().out
+    assert isinstance(cfg.as_dict()["runs_dir"], str)

@@ -1,0 +1,140 @@
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import data as D
+from common.demo_data import CLASSES, make_demo_dataset
+
+
+def _digest(root):
+    return hashlib.sha1(b"".join(p.read_bytes() for p in sorted(root.rglob("*.jpg")))).hexdigest()
+
+
+def test_demo_dataset_is_deterministic_and_idempotent(tmp_path, flat_root):
+    again = make_demo_dataset(tmp_path / "again", images_per_class=20, image_size=48, seed=3)
+    assert _digest(again) == _digest(flat_root)
+    other = make_demo_dataset(tmp_path / "other", images_per_class=20, image_size=48, seed=4)
+    assert _digest(other) != _digest(flat_root)
+    mtime = (again / "dataset.json").stat().st_mtime_ns
+    make_demo_dataset(tmp_path / "again", images_per_class=20, image_size=48, seed=3)
+    assert (again / "dataset.json").stat().st_mtime_ns == mtime  # not redrawn
+    assert sorted(p.name for p in again.iterdir() if p.is_dir()) == sorted(CLASSES)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+
+def test_layouts_are_detected(flat_root, presplit_root, tmp_path, copy_of):
+    assert D.detect_layout(flat_root).kind == "flat"
+    pre = D.detect_layout(presplit_root)
+    assert pre.kind == "presplit" and set(pre.split_dirs) == {"train", "validation", "test"}
+    # Kaggle ships everything under one wrapper folder ("Vegetable Images/"), with "val" as an alias here
+    wrapped = copy_of(presplit_root)
+    (wrapped / "validation").rename(wrapped / "val")
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    wrapped.rename(outer / "Vegetable Images")
+    found = D.detect_layout(outer)
+    assert found.kind == "presplit" and found.root.name == "Vegetable Images"
+    assert found.split_dirs["validation"].name == "val"
+
+
+def test_bad_folders_give_clear_errors(tmp_path, copy_of, presplit_root, flat_root):
+    with pytest.raises(D.DatasetError, match="does not exist"):
+        D.detect_layout(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(D.DatasetError, match="no class folders"):
+        D.detect_layout(empty)
+    flat = copy_of(flat_root)
+    (flat / "zucchini").mkdir()
+    with pytest.raises(D.DatasetError, match="zucchini.*no images"):
+        D.build_split(flat, seed=0)
+
+
+def test_mismatched_split_classes_are_refused(tmp_path, presplit_root):
+    import shutil
+    pre = shutil.copytree(presplit_root, tmp_path / "pre")
+    shutil.rmtree(pre / "validation" / "tomato")
+    with pytest.raises(D.DatasetError, match="differ from train.*tomato"):
+        D.build_split(pre, seed=0)
+
+
+def test_flat_split_is_stratified_reproducible_and_disjoint(flat_root):
+    a = D.build_split(flat_root, seed=1)
+    b = D.build_split(flat_root, seed=1)
+    c = D.build_split(flat_root, seed=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+    D.check_disjoint(a)
+    assert a["path"].is_unique and len(a) == 20 * len(CLASSES)
+    per_class = a.groupby(["split", "class_name"]).size().unstack()
+    for split, expected in (("train", 14), ("validation", 3), ("test", 3)):
+        assert per_class.loc[split].between(expected - 1, expected + 1).all(), per_class
+
+
+def test_presplit_keeps_the_given_split(presplit_root, tmp_path):
+    m = D.build_split(presplit_root, seed=0)
+    assert (m["path"].str.split("/").str[0] == m["split"]).all()
+    import shutil
+    no_test = shutil.copytree(presplit_root, tmp_path / "no_test")
+    shutil.rmtree(no_test / "test")
+    m2 = D.build_split(no_test, seed=0)
+    assert set(m2["split"]) == {"train", "validation", "test"}
+    assert (m2.loc[m2["split"] == "test", "path"].str.startswith("train/")).all()  # test carved from train
+    assert (m2.loc[m2["split"] == "validation", "path"].str.startswith("validation/")).all()
+
+
+def test_check_disjoint_catches_overlap(flat_root):
+    m = D.build_split(flat_root, seed=0)
+    leaked = pd.concat([m, m.iloc[:1].assign(split="test")])
+    with pytest.raises(D.DatasetError, match="more than one split"):
+        D.check_disjoint(leaked)
+
+
+def test_manifest_is_saved_reused_and_rebuilt_when_settings_change(flat_root, tmp_path):
+    path = tmp_path / "splits" / "toy-seed0.csv"
+    first = D.load_or_make_split(flat_root, path, seed=0)
+    stamp = path.stat().st_mtime_ns
+    again = D.load_or_make_split(flat_root, path, seed=0)
+    assert path.stat().st_mtime_ns == stamp and D.fingerprint(again) == D.fingerprint(first)
+    changed = D.load_or_make_split(flat_root, path, seed=0, val_fraction=0.3)
+    assert D.fingerprint(changed) != D.fingerprint(first)
+
+
+def test_limit_per_class_is_seeded(flat_root):
+    m = D.build_split(flat_root, seed=0)
+    small = D.limit_per_class(m, "train", 5, seed=0)
+    assert small[small["split"] == "train"].groupby("label").size().max() == 5
+    assert small[small["split"] != "train"].equals(m[m["split"] != "train"])
+    pd.testing.assert_frame_equal(small, D.limit_per_class(m, "train", 5, seed=0))
+
+
+def test_loaders_repeat_batch_order_and_augmentation_for_a_seed(flat_root):
+    m = D.build_split(flat_root, seed=0)
+    m.attrs["root"] = str(flat_root)
+    ds = D.make_datasets(m, D.build_transforms(32, [0.5] * 3, [0.25] * 3))
+
+    def first_batch(seed, workers, global_seed):
+        torch.manual_seed(global_seed)
+        return next(iter(D.make_loaders(ds, batch_size=8, num_workers=workers, seed=seed)["train"]))
+
+    x1, y1 = first_batch(0, workers=0, global_seed=5)
+    x2, y2 = first_batch(0, workers=0, global_seed=5)
+    x3, y3 = first_batch(1, workers=0, global_seed=5)
+    assert x1.shape == (8, 3, 32, 32)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(y1, y3)  # another seed, another batch order
+    # in worker processes augmentation is seeded from the loader's generator: the global RNG does not matter
+    w1, _ = first_batch(0, workers=1, global_seed=5)
+    w2, _ = first_batch(0, workers=1, global_seed=99)
+    assert torch.equal(w1, w2)
+
+
+def test_datasets_convert_to_rgb(flat_root, tmp_path):
+    from PIL import Image
+    Image.new("L", (40, 30), 128).save(tmp_path / "gray.png")
+    ds = D.ImageListDataset(tmp_path, ["gray.png"], [0], transform=None)
+    img, label = ds[0]
+    assert img.mode == "RGB" and label == 0
