@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -202,43 +202,86 @@ def build_transforms(image_size: int, mean, std) -> dict[str, v2.Compose]:
 # ---------------------------------------------------------------- datasets and loaders
 
 
-class ImageListDataset(Dataset):
-    """Images listed by a manifest. Lives in a module so worker processes can import it."""
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers, the same on every platform and Python version."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 1) % 2**63
+    return value
 
-    def __init__(self, root: Path, paths: list[str], labels: list[int], transform=None):
+
+class ImageListDataset(Dataset):
+    """Images listed by a manifest. Lives in a module so worker processes can import it.
+
+    With ``seed`` set, random transforms are seeded per sample from (seed, epoch,
+    index), where :class:`EpochShuffleSampler` passes the epoch inside the index.
+    Augmentation then depends on nothing else: not on the global RNG, not on worker
+    processes, not on how many iterators an engine creates or how far it prefetches.
+    """
+
+    def __init__(self, root: Path, paths: list[str], labels: list[int], transform=None, seed: int | None = None):
         self.root, self.paths, self.labels, self.transform = Path(root), list(paths), list(labels), transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int):
+        epoch, index = divmod(int(key), len(self.paths))
         with Image.open(self.root / self.paths[index]) as img:
             img = img.convert("RGB")
         if self.transform is not None:
-            img = self.transform(img)
+            if self.seed is None:
+                img = self.transform(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(mix_seed(self.seed, epoch, index))
+                    img = self.transform(img)
         return img, self.labels[index]
 
 
-def make_datasets(manifest: pd.DataFrame, transforms: dict) -> dict[str, ImageListDataset]:
+def make_datasets(manifest: pd.DataFrame, transforms: dict, seed: int = 0) -> dict[str, ImageListDataset]:
+    """One dataset per split; the training set's augmentation is seeded per sample."""
     root = Path(manifest.attrs["root"])
     out = {}
     for split in SPLITS:
         part = manifest[manifest["split"] == split]
-        out[split] = ImageListDataset(root, part["path"], part["label"], transforms[split])
+        out[split] = ImageListDataset(root, part["path"], part["label"], transforms[split],
+                                      seed=seed if split == "train" else None)
     return out
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch) and tags each index with its epoch.
+
+    The epoch advances only when an iteration actually starts (the body of a
+    generator runs at the first ``next``), so an iterator that an engine creates
+    and never uses does not shift the order. ``epoch`` can be set to resume.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        yield from (i + epoch * self.size for i in order.tolist())
 
 
 def make_loaders(datasets: dict[str, Dataset], batch_size: int, num_workers: int, seed: int,
                  pin_memory: bool = False) -> dict[str, DataLoader]:
-    """Loaders with their own seeded generators: the batch order depends on ``seed``
-    alone, and so does augmentation in worker processes (seeded from the generator).
-    With ``num_workers=0`` augmentation draws from the global RNG, which
-    :func:`common.training.start_run` seeds right before training."""
+    """Loaders whose batch order and augmentation depend on ``seed`` and the epoch alone.
+
+    Training batches come from an :class:`EpochShuffleSampler`; every loader also gets
+    its own seeded generator, so creating an iterator never touches the global RNG."""
     out = {}
     for split, ds in datasets.items():
         is_train = split == "train"
         out[split] = DataLoader(
-            ds, batch_size=batch_size, shuffle=is_train, drop_last=is_train and len(ds) > batch_size,
-            num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
-            generator=torch.Generator().manual_seed(seed))
+            ds, batch_size=batch_size, sampler=EpochShuffleSampler(len(ds), seed) if is_train else None,
+            drop_last=is_train and len(ds) > batch_size, num_workers=num_workers,
+            persistent_workers=num_workers > 0, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     return out

@@ -50,7 +50,7 @@ def prepare_data(cfg: Config) -> DataBundle:
         manifest = data_mod.limit_per_class(manifest, split, cfg.eval_per_class, cfg.seed)
     data_mod.check_disjoint(manifest)
     mean, std = imagenet_normalisation()
-    datasets = data_mod.make_datasets(manifest, data_mod.build_transforms(cfg.image_size, mean, std))
+    datasets = data_mod.make_datasets(manifest, data_mod.build_transforms(cfg.image_size, mean, std), cfg.seed)
     fallbacks = [source.fallback] if source.fallback else []
     return DataBundle(source, manifest, manifest_path, list(manifest.attrs["classes"]), datasets, fallbacks)
 
@@ -85,6 +85,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim
 def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup:
     """Seed, build the model, optimizer, schedule and fresh loaders, and pick the record folder."""
     seed_everything(cfg.seed)
+    # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
+    torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
     device = pick_device(cfg.device)
     model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout)
     model.to(device)
@@ -96,7 +99,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("history.csv", "predictions.csv", "meta.json"):  # a new run never mixes with an old record
         (folder / stale).unlink(missing_ok=True)
-    seed_everything(cfg.seed)  # training starts from the same RNG state whatever the model build consumed
+    seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return RunSetup(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, folder,
                     started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 

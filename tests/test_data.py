@@ -111,25 +111,39 @@ def test_limit_per_class_is_seeded(flat_root):
     pd.testing.assert_frame_equal(small, D.limit_per_class(m, "train", 5, seed=0))
 
 
-def test_loaders_repeat_batch_order_and_augmentation_for_a_seed(flat_root):
+def _train_loader(manifest, root, seed, workers=0):
+    manifest.attrs["root"] = str(root)
+    ds = D.make_datasets(manifest, D.build_transforms(32, [0.5] * 3, [0.25] * 3), seed=seed)
+    return D.make_loaders(ds, batch_size=8, num_workers=workers, seed=seed)["train"]
+
+
+def test_batch_order_and_augmentation_depend_on_the_seed_alone(flat_root):
     m = D.build_split(flat_root, seed=0)
-    m.attrs["root"] = str(flat_root)
-    ds = D.make_datasets(m, D.build_transforms(32, [0.5] * 3, [0.25] * 3))
 
-    def first_batch(seed, workers, global_seed):
-        torch.manual_seed(global_seed)
-        return next(iter(D.make_loaders(ds, batch_size=8, num_workers=workers, seed=seed)["train"]))
+    def first_batch(seed, workers=0, global_seed=5):
+        torch.manual_seed(global_seed)  # must not matter
+        return next(iter(_train_loader(m, flat_root, seed, workers)))
 
-    x1, y1 = first_batch(0, workers=0, global_seed=5)
-    x2, y2 = first_batch(0, workers=0, global_seed=5)
-    x3, y3 = first_batch(1, workers=0, global_seed=5)
+    x1, y1 = first_batch(0)
+    x2, y2 = first_batch(0, global_seed=99)
+    x3, y3 = first_batch(1)
+    xw, yw = first_batch(0, workers=1)
     assert x1.shape == (8, 3, 32, 32)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert not torch.equal(y1, y3)  # another seed, another batch order
-    # in worker processes augmentation is seeded from the loader's generator: the global RNG does not matter
-    w1, _ = first_batch(0, workers=1, global_seed=5)
-    w2, _ = first_batch(0, workers=1, global_seed=99)
-    assert torch.equal(w1, w2)
+    assert torch.equal(x1, xw) and torch.equal(y1, yw)  # worker processes change nothing
+    assert not torch.equal(y1, y3)  # another seed, another order
+
+
+def test_each_epoch_reshuffles_and_unused_iterators_do_not_shift_it(flat_root):
+    m = D.build_split(flat_root, seed=0)
+    a, b = _train_loader(m, flat_root, 0), _train_loader(m, flat_root, 0)
+    epochs_a = [[y.tolist() for _, y in a] for _ in range(2)]
+    iter(b)  # an engine creating an iterator it never uses
+    epochs_b = [[y.tolist() for _, y in b] for _ in range(2)]
+    assert epochs_a == epochs_b
+    assert epochs_a[0] != epochs_a[1]
+    xs = [next(iter(loader))[0] for loader in (_train_loader(m, flat_root, 0),) for _ in range(2)]
+    assert not torch.equal(xs[0], xs[1])  # new epoch, new augmentation
 
 
 def test_datasets_convert_to_rgb(flat_root, tmp_path):
