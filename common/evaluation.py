@@ -67,3 +67,34 @@ def time_to_target(history: pd.DataFrame, target: float) -> float | None:
     if len(reached) == 0:
         return None
     return float(history["epoch_seconds"].loc[: reached[0]].sum())
+
+
+def summary_table(runs: dict) -> pd.DataFrame:
+    """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
+
+    ``runs`` maps (engine, init) to :class:`common.records.Run`."""
+    rows = []
+    for (engine, init), run in sorted(runs.items()):
+        h, m = run.history, run.meta
+        rows.append(dict(engine=engine, init=init, test_acc=m["test_acc"], test_top5=m["test_top5"],
+                         best_val_acc=float(h["val_acc"].max()), best_epoch=m["best_epoch"], epochs=len(h),
+                         mean_epoch_s=float(h["epoch_seconds"].mean()), trainable_params=m["parameters"]["trainable"],
+                         weights=m["weights_source"]))
+    return pd.DataFrame(rows).set_index(["engine", "init"])
+
+
+def speed_ratios(runs: dict) -> pd.DataFrame:
+    """Per engine: mean transfer epoch time over mean scratch epoch time (below 1: transfer is faster)."""
+    rows = []
+    for engine in sorted({e for e, _ in runs}):
+        if (engine, "transfer") in runs and (engine, "scratch") in runs:
+            t = runs[(engine, "transfer")].history["epoch_seconds"].mean()
+            s = runs[(engine, "scratch")].history["epoch_seconds"].mean()
+            rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
+    return pd.DataFrame(rows)
+
+
+def per_class_accuracy(predictions: pd.DataFrame, train_counts: pd.Series) -> pd.DataFrame:
+    """Accuracy (recall) per true class, beside that class's number of training images."""
+    acc = predictions.assign(correct=predictions["true"] == predictions["pred"]).groupby("true")["correct"].mean()
+    return pd.DataFrame({"accuracy": acc, "train_images": train_counts.reindex(acc.index)}).rename_axis("class")

@@ -106,3 +106,58 @@ def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float 
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_epoch_times(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "") -> plt.Figure:
+    """Every epoch's wall time per (engine, init), as points over a box: the spread, not just a mean."""
+    keys = list(histories)
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.4))
+    data = [histories[k]["epoch_seconds"].to_numpy() for k in keys]
+    ax.boxplot(data, widths=0.5, showfliers=False)
+    for i, (k, values) in enumerate(zip(keys, data), start=1):
+        ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values,
+                   color=INIT_COLOURS.get(k[1]), marker=ENGINE_MARKERS.get(k[0]), zorder=3, s=18)
+    ax.set_xticks(range(1, len(keys) + 1), [f"{e}\n{i}" for e, i in keys], fontsize=8)
+    ax.set_ylabel("seconds per epoch")
+    ax.set_title("Epoch wall time (train + validation)")
+    ax.grid(axis="y", alpha=0.3)
+    if caption:
+        fig.suptitle(caption, fontsize=9, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusions(matrices: dict[str, pd.DataFrame], caption: str = "") -> plt.Figure:
+    """Row-normalised confusion matrices side by side; cell values written only while legible."""
+    import seaborn as sns
+
+    n = len(next(iter(matrices.values())))
+    side = min(14, max(4.5, 0.32 * n))
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side * 0.9), squeeze=False)
+    for ax, (title, cm) in zip(axes[0], matrices.items()):
+        sns.heatmap(cm, ax=ax, vmin=0, vmax=1, cmap="Blues", square=True, cbar=False,
+                    annot=n <= 20, fmt=".2f", annot_kws={"fontsize": 7},
+                    xticklabels=True, yticklabels=True)
+        ax.set_title(title)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.tick_params(labelsize=max(4, min(9, 220 // n)))
+    if caption:
+        fig.suptitle(caption + " | rows normalised per true class", fontsize=9, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Figure:
+    """Per-class test accuracy against the number of training images of that class, per initialisation."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for init, part in per_class.groupby("init"):
+        ax.scatter(part["train_images"], part["accuracy"], label=init, color=INIT_COLOURS.get(init), alpha=0.8)
+    ax.set(xlabel="training images of the class", ylabel="test accuracy (recall)", ylim=(-0.02, 1.02),
+           title="Per-class accuracy against class size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if caption:
+        fig.suptitle(caption, fontsize=9, y=1.02)
+    fig.tight_layout()
+    return fig

@@ -124,6 +124,15 @@ def load_run(folder: Path) -> Run:
     return Run(folder, pd.read_csv(needed[0]), pd.read_csv(needed[1]), json.loads(needed[2].read_text()))
 
 
+def latest_dataset(runs_dir: Path) -> str:
+    """The dataset whose run records were written most recently."""
+    metas = sorted(Path(runs_dir).glob("*/*-*/meta.json"), key=lambda p: p.stat().st_mtime)
+    if not metas:
+        raise MissingRunError(f"No run records under {runs_dir}. Run notebooks/{PRODUCER['plain']} (and "
+                              f"{PRODUCER['ignite']}, {PRODUCER['lightning']}) first.")
+    return metas[-1].parent.parent.name
+
+
 def find_runs(runs_dir: Path, dataset: str) -> dict[tuple[str, str], Run]:
     """All complete runs for ``dataset``, keyed by (engine, init)."""
     out = {}

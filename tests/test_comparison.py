@@ -1,0 +1,104 @@
+"""The comparison's metrics and figures, on small hand-made run records with known answers."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import evaluation as E
+from common import plots as P
+from common.compare import agreement_table, assert_engines_agree
+from common.records import Run
+
+CLASSES = ["a", "b", "c"]
+
+
+def _preds(true, pred, conf=None):
+    conf = conf or [0.9] * len(true)
+    return pd.DataFrame({"file": [f"{i}.jpg" for i in range(len(true))], "true": true, "pred": pred,
+                         "top1_class": pred, "top1_prob": conf,
+                         "top2_class": ["a" if p != "a" else "b" for p in pred], "top2_prob": [0.05] * len(true)})
+
+
+def _history(val_acc, seconds, loss=1.0):
+    n = len(val_acc)
+    return pd.DataFrame(dict(epoch=range(1, n + 1), train_loss=[loss] * n, train_acc=val_acc, val_loss=[loss] * n,
+                             val_acc=val_acc, lr=[1e-3] * n, epoch_seconds=seconds))
+
+
+def _run(engine, init, history, preds, trainable):
+    meta = dict(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()), test_top5=1.0,
+                best_epoch=int(history["val_acc"].idxmax()) + 1, parameters=dict(trainable=trainable),
+                weights_source="imagenet" if init == "transfer" else "random", fallbacks=[], dataset="toy", budget="smoke")
+    return Run(None, history, preds, meta)
+
+
+def test_confusion_counts_and_row_normalisation():
+    p = _preds(["a", "a", "a", "b", "b", "c"], ["a", "a", "b", "b", "b", "a"])
+    counts = E.confusion(p["true"], p["pred"], CLASSES, normalize=False)
+    assert counts.loc["a"].tolist() == [2, 1, 0] and counts.loc["b"].tolist() == [0, 2, 0]
+    assert counts.loc["c"].tolist() == [1, 0, 0]
+    norm = E.confusion(p["true"], p["pred"], CLASSES)
+    assert norm.loc["a", "a"] == pytest.approx(2 / 3) and np.allclose(norm.sum(axis=1), 1)
+
+
+def test_mistakes_are_sorted_by_confidence_and_pairs_counted():
+    p = _preds(["a", "b", "c", "c", "a"], ["b", "b", "a", "a", "a"], conf=[0.6, 0.9, 0.7, 0.95, 0.8])
+    wrong = E.misclassified(p)
+    assert wrong["top1_prob"].tolist() == [0.95, 0.7, 0.6]
+    pairs = E.most_confused_pairs(p)
+    assert pairs.iloc[0].tolist() == ["c", "a", 2] and pairs.iloc[1].tolist() == ["a", "b", 1]
+
+
+def test_topk_accuracy_from_predictions():
+    p = _preds(["a", "b", "c", "a"], ["a", "a", "c", "b"])
+    p["top2_class"] = ["b", "b", "a", "c"]  # rescues row 1 ("b"), not row 3 (true "a", top two "b", "c")
+    assert E.prediction_topk_accuracy(p, 1) == 0.5
+    assert E.prediction_topk_accuracy(p, 2) == 0.75
+
+
+def test_time_to_target_sums_epoch_times_until_first_reached():
+    h = _history([0.2, 0.5, 0.7, 0.9], [10, 11, 12, 13])
+    assert E.time_to_target(h, 0.7) == 33
+    assert E.time_to_target(h, 0.1) == 10
+    assert E.time_to_target(h, 0.95) is None
+
+
+def test_summary_speed_ratio_and_per_class_accuracy():
+    p = _preds(["a", "b", "c", "c"], ["a", "b", "c", "a"])
+    runs = {("plain", "transfer"): _run("plain", "transfer", _history([0.5, 0.8], [2, 2]), p, 10),
+            ("plain", "scratch"): _run("plain", "scratch", _history([0.3, 0.4], [4, 4]), p, 30)}
+    table = E.summary_table(runs)
+    assert table.loc[("plain", "transfer"), "best_val_acc"] == 0.8
+    assert table.loc[("plain", "scratch"), "trainable_params"] == 30
+    assert E.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
+    per_class = E.per_class_accuracy(p, pd.Series({"a": 5, "b": 7, "c": 9}))
+    assert per_class.loc["c", "accuracy"] == 0.5 and per_class.loc["b", "train_images"] == 7
+
+
+def test_agreement_flags_the_drifting_engine():
+    same = _history([0.5, 0.6], [1, 1])
+    drift = same.assign(val_loss=[1.0, 1.1])
+    table = agreement_table({("plain", "transfer"): same, ("ignite", "transfer"): same, ("lightning", "transfer"): drift})
+    assert table.set_index("engine")["agrees"].to_dict() == {"ignite": True, "lightning": False}
+    with pytest.raises(AssertionError, match="lightning / transfer: val_loss"):
+        assert_engines_agree({("plain", "transfer"): same, ("lightning", "transfer"): drift})
+
+
+@pytest.mark.parametrize("n", [15, 101])
+def test_confusion_figure_scales_to_many_classes(n, tmp_path):
+    names = [f"class_{i:03d}" for i in range(n)]
+    cm = pd.DataFrame(np.eye(n), index=names, columns=names)
+    fig = P.plot_confusions({"scratch": cm, "transfer": cm}, caption="dataset: toy")
+    path = P.save_figure(fig, tmp_path, "cm")
+    annotated = [t for t in fig.axes[0].texts]
+    assert path.stat().st_size > 0 and (len(annotated) > 0) == (n <= 20)
+    assert len(fig.axes[0].get_yticklabels()) == n
+
+
+def test_figures_carry_the_fallback_label():
+    text = P.label_text(dict(dataset="demo", budget="smoke", fallbacks=["random weights used"]))
+    assert "FALLBACK" in text and "demo" in text and "smoke" in text
+    fig = P.plot_epoch_times({("plain", "transfer"): _history([0.1], [3.0])}, caption=text)
+    assert fig._suptitle.get_text() == text
