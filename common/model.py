@@ -7,6 +7,7 @@ network with random weights and everything trainable.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ def _how_to_supply() -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
     return (f"Expected file: {IMAGENET_FILE} (torchvision ResNet50 {IMAGENET_WEIGHTS.name}).\n"
             f"Either put it at {hub}\n"
-            f"or set TL_WEIGHTS=/path/to/{IMAGENET_FILE} (on Kaggle: attach it as a dataset),\n"
+            f"or set TL_WEIGHTS=/path/to/{IMAGENET_FILE} (on Kaggle with internet off: attach the file as a "
+            f"dataset, it is found under {KAGGLE_INPUT}),\n"
             f"or set TL_WEIGHTS=random to continue without pretrained weights (transfer is then not meaningful).")
 
 
@@ -62,6 +64,9 @@ def load_backbone(weights: str = "auto") -> tuple[nn.Module, WeightsInfo]:
     if weights in ("random", "none"):
         return resnet50(weights=None), WeightsInfo("random")
     if weights in ("imagenet", "auto"):
+        attached = find_attached_weights()
+        if attached is not None:  # e.g. a Kaggle notebook with internet off and the file attached
+            return load_weights_file(attached), WeightsInfo(f"imagenet (file:{attached})")
         try:
             return resnet50(weights=IMAGENET_WEIGHTS), WeightsInfo("imagenet")
         except Exception as exc:  # no network, proxy, corrupt cache, ...
@@ -72,6 +77,22 @@ def load_backbone(weights: str = "auto") -> tuple[nn.Module, WeightsInfo]:
                  f"{_how_to_supply()}")
             return resnet50(weights=None), WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
     return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
+
+
+KAGGLE_INPUT = Path("/kaggle/input")
+
+
+def find_attached_weights(base: Path | None = None, max_depth: int = 5) -> Path | None:
+    """``resnet50-11ad3fa6.pth`` attached to a Kaggle notebook, wherever it is mounted."""
+    base = Path(base or KAGGLE_INPUT)
+    if not base.is_dir():
+        return None
+    for dirpath, dirnames, filenames in os.walk(base):
+        if IMAGENET_FILE in filenames:
+            return Path(dirpath) / IMAGENET_FILE
+        if len(Path(dirpath).relative_to(base).parts) >= max_depth:
+            dirnames[:] = []
+    return None
 
 
 def load_weights_file(path: Path) -> nn.Module:
