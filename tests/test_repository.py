@@ -64,3 +64,33 @@ def test_importing_common_needs_no_training_engine():
     code = ("import sys, common.training, common.plots, common.evaluation;"
             "assert 'lightning' not in sys.modules and 'ignite' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _setup_cell_source() -> str:
+    cell = next(c for c in _cells(NOTEBOOKS[0]) if c["cell_type"] == "code")
+    return "".join(cell["source"]).replace("%matplotlib inline", "")
+
+
+def test_setup_cell_finds_the_repository_locally(tmp_path):
+    import subprocess
+    import sys
+    code = _setup_cell_source() + "\nprint(ROOT)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "notebooks", capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(ROOT)
+
+
+def test_setup_cell_on_colab_without_a_clone_says_what_to_set(tmp_path):
+    import subprocess
+    import sys
+    fake_colab = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+    out = subprocess.run([sys.executable, "-c", fake_colab + _setup_cell_source()], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Set REPO_URL" in out.stderr
+
+
+def test_colab_setup_is_harmless_locally():
+    import subprocess
+    import sys
+    out = subprocess.run(["bash", str(ROOT / "colab_setup.sh")], env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True)
+    assert "nothing to install" in out.stdout
