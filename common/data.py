@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
+
+from .scan import open_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "validation", "test")
@@ -72,12 +73,12 @@ def detect_layout(root: Path) -> Layout:
     return Layout("flat", root, {})
 
 
-def scan_classes(folder: Path) -> dict[str, list[Path]]:
+def scan_classes(folder: Path, exclude: frozenset = frozenset()) -> dict[str, list[Path]]:
     """Class name -> sorted image files under ``folder/<class>/``; empty classes are an error."""
-    classes = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in _class_dirs(folder)}
+    classes = {d.name: sorted(p for p in d.rglob("*") if _is_image(p) and p not in exclude) for d in _class_dirs(folder)}
     empty = [name for name, files in classes.items() if not files]
     if empty:
-        raise DatasetError(f"Class folder(s) {', '.join(empty)} under {folder} contain no images. "
+        raise DatasetError(f"Class folder(s) {', '.join(empty)} under {folder} contain no readable images. "
                            "Remove the empty folders or add images to them.")
     if not classes:
         raise DatasetError(f"No class folders under {folder}.")
@@ -99,8 +100,10 @@ def _stratified(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFr
 def build_split(root: Path, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15) -> pd.DataFrame:
     """The manifest for ``root`` as a DataFrame with :data:`MANIFEST_COLUMNS`."""
     layout = detect_layout(root)
+    findings = _scan_findings(layout.root)
+    bad = frozenset(layout.root / p for p in findings.loc[findings["action"] == "excluded", "path"])
     if layout.kind == "flat":
-        classes = scan_classes(layout.root)
+        classes = scan_classes(layout.root, bad)
         names = sorted(classes)
         df = pd.DataFrame(_rows("", classes, names, layout.root))
         too_small = [n for n, files in classes.items() if len(files) < 3]
@@ -111,7 +114,7 @@ def build_split(root: Path, seed: int, val_fraction: float = 0.15, test_fraction
         train, val = _stratified(rest, val_fraction / (1 - test_fraction), seed)
         parts = {"train": train, "validation": val, "test": test}
     else:
-        scanned = {split: scan_classes(folder) for split, folder in layout.split_dirs.items()}
+        scanned = {split: scan_classes(folder, bad) for split, folder in layout.split_dirs.items()}
         names = sorted(scanned["train"])
         for split, classes in scanned.items():
             if sorted(classes) != names:
@@ -123,8 +126,24 @@ def build_split(root: Path, seed: int, val_fraction: float = 0.15, test_fraction
             parts["train"], parts["test"] = _stratified(parts["train"], test_fraction, seed)
     frames = [parts[s].assign(split=s) for s in SPLITS]
     manifest = pd.concat(frames, ignore_index=True)[MANIFEST_COLUMNS]
-    manifest.attrs.update(root=str(layout.root), layout=layout.kind, classes=names)
+    manifest.attrs.update(root=str(layout.root), layout=layout.kind, classes=names, findings=findings.to_dict("records"))
     return manifest
+
+
+def _scan_findings(root: Path) -> pd.DataFrame:
+    from .scan import FINDING_COLUMNS, scan_folder
+
+
+    images = sorted(p for p in root.rglob("*") if _is_image(p))
+    skipped = pd.DataFrame([dict(path=p.relative_to(root).as_posix(), finding="not an image file", action="skipped",
+                                 detail="") for p in non_image_files(root)], columns=FINDING_COLUMNS)
+    return pd.concat([skipped, scan_folder(images, root)], ignore_index=True)
+
+
+def non_image_files(root: Path) -> list[Path]:
+    """Files inside split or class folders that are not images (.DS_Store, Thumbs.db, notes): skipped."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not _is_image(p) and len(p.relative_to(root).parts) >= 2)
 
 
 def check_disjoint(manifest: pd.DataFrame) -> None:
@@ -152,16 +171,21 @@ def load_or_make_split(root: Path, manifest_path: Path, seed: int, val_fraction:
         if info.get("settings") == settings:
             manifest = pd.read_csv(manifest_path)
             if fingerprint(manifest) == info.get("fingerprint") and _files_exist(manifest, Path(settings["root"])):
-                manifest.attrs.update(root=settings["root"], layout=info["layout"], classes=info["classes"])
+                manifest.attrs.update(root=settings["root"], layout=info["layout"], classes=info["classes"],
+                                      findings=info["findings"], duplicates=info["duplicates"])
                 return manifest
     manifest = build_split(root, seed, val_fraction, test_fraction)
     check_disjoint(manifest)
     manifest.attrs["root"] = settings["root"]
+    from .scan import cross_split_duplicates
+
+    manifest.attrs["duplicates"] = cross_split_duplicates(manifest, Path(settings["root"])).to_dict("records")
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(manifest_path, manifest.to_csv(index=False))
     counts = manifest.groupby(["split", "class_name"]).size().unstack(fill_value=0).to_dict("index")
     info = dict(settings=settings, layout=manifest.attrs["layout"], classes=manifest.attrs["classes"],
-                fingerprint=fingerprint(manifest), counts=counts)
+                fingerprint=fingerprint(manifest), counts=counts,
+                findings=manifest.attrs["findings"], duplicates=manifest.attrs["duplicates"])
     _atomic_write(info_path, json.dumps(info, indent=1))
     return manifest
 
@@ -228,8 +252,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.paths))
-        with Image.open(self.root / self.paths[index]) as img:
-            img = img.convert("RGB")
+        img = open_rgb(self.root / self.paths[index], max_side=1024)
         if self.transform is not None:
             if self.seed is None:
                 img = self.transform(img)

@@ -19,6 +19,7 @@ from .config import Config, pick_device, seed_everything
 from .evaluation import accuracy, predict, topk_accuracy
 from .model import WeightsInfo, build_model, imagenet_normalisation, parameter_summary, trainable_parameters
 from .records import library_versions, predictions_frame, run_dir, save_state, write_history, write_meta, write_predictions
+from .scan import FINDING_COLUMNS, drop_leaked
 from .sources import DataSource, resolve_dataset
 
 
@@ -30,6 +31,15 @@ class DataBundle:
     class_names: list[str]
     datasets: dict
     fallbacks: list[str] = field(default_factory=list)
+    findings: pd.DataFrame = field(default_factory=pd.DataFrame)  # the scan: skipped, excluded, converted files
+    duplicates: pd.DataFrame = field(default_factory=pd.DataFrame)  # identical files found in different splits
+
+    def scan_summary(self) -> dict:
+        """What the scan found, for run records: counts per action and the files concerned."""
+        actions = self.findings["action"].value_counts().to_dict() if len(self.findings) else {}
+        return dict(actions=actions, files=self.findings.to_dict("records")[:200],
+                    cross_split_duplicates=int(self.duplicates["digest"].nunique()) if len(self.duplicates) else 0,
+                    duplicates_dropped=bool(len(self.duplicates) and self.manifest.attrs.get("duplicates_dropped")))
 
     @property
     def fingerprint(self) -> str:
@@ -45,6 +55,13 @@ def prepare_data(cfg: Config) -> DataBundle:
     source = resolve_dataset(cfg)
     manifest_path = cfg.data_dir / "splits" / f"{source.name}-seed{cfg.seed}.csv"
     manifest = data_mod.load_or_make_split(source.root, manifest_path, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    findings = pd.DataFrame(manifest.attrs["findings"], columns=FINDING_COLUMNS)
+    duplicates = pd.DataFrame(manifest.attrs["duplicates"], columns=["digest", "split", "path", "class_name"])
+    if len(duplicates) and cfg.drop_duplicates:
+        manifest = drop_leaked(manifest, duplicates)
+    elif len(duplicates):
+        print(f"WARNING: {duplicates['digest'].nunique()} image(s) occur in more than one split (same content). "
+              "Set TL_DROP_DUPLICATES=1 to drop their validation/test copies.")
     manifest = data_mod.limit_per_class(manifest, "train", cfg.train_per_class, cfg.seed)
     for split in ("validation", "test"):
         manifest = data_mod.limit_per_class(manifest, split, cfg.eval_per_class, cfg.seed)
@@ -52,7 +69,8 @@ def prepare_data(cfg: Config) -> DataBundle:
     mean, std = imagenet_normalisation()
     datasets = data_mod.make_datasets(manifest, data_mod.build_transforms(cfg.image_size, mean, std), cfg.seed)
     fallbacks = [source.fallback] if source.fallback else []
-    return DataBundle(source, manifest, manifest_path, list(manifest.attrs["classes"]), datasets, fallbacks)
+    return DataBundle(source, manifest, manifest_path, list(manifest.attrs["classes"]), datasets, fallbacks,
+                      findings, duplicates)
 
 
 @dataclass
@@ -121,7 +139,7 @@ def finish_run(setup: RunSetup, history: list[dict], best_state: dict, extra: di
     meta = dict(engine=setup.engine, init=setup.init, dataset=data.source.name, dataset_root=str(data.source.root),
                 is_demo_data=data.source.is_demo, split_fingerprint=data.fingerprint,
                 split_manifest=str(data.manifest_path), split_counts=data.manifest["split"].value_counts().to_dict(),
-                class_names=data.class_names, weights_source=setup.weights.source if setup.init == "transfer" else "random",
+                scan=data.scan_summary(), class_names=data.class_names, weights_source=setup.weights.source if setup.init == "transfer" else "random",
                 parameters=parameter_summary(model), device=str(setup.device), versions=library_versions(),
                 seed=cfg.seed, budget=cfg.budget, fallbacks=fallbacks, config=cfg.as_dict(),
                 started=setup.started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -49,7 +49,7 @@ def test_bad_folders_give_clear_errors(tmp_path, copy_of, presplit_root, flat_ro
         D.detect_layout(empty)
     flat = copy_of(flat_root)
     (flat / "zucchini").mkdir()
-    with pytest.raises(D.DatasetError, match="zucchini.*no images"):
+    with pytest.raises(D.DatasetError, match="zucchini.*no readable images"):
         D.build_split(flat, seed=0)
 
 
