@@ -60,6 +60,7 @@ class Config:
     eval_per_class: int | None = field(default=None, **_help("cap on validation/test images per class (from the budget)"))
     demo_images_per_class: int = field(default=0, **_help("size of the offline demo dataset (from the budget)"))
     num_workers: int | None = field(default=None, **_help("DataLoader workers; empty means pick for this machine"))
+    resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
     drop_duplicates: int = field(default=0, **_help("1: drop evaluation copies of images that also occur in train"))
     deterministic: int = field(default=0, **_help("1: ask for repeatable kernels (warn where none exist; slower on GPU)"))
     early_stopping: int = field(default=0, **_help("stop after this many epochs without a better validation accuracy (0: off)"))

@@ -288,6 +288,10 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the (0-based) epoch of the next pass, as Lightning does and as DistributedSampler expects."""
+        self.epoch = epoch
+
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))

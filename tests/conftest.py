@@ -1,12 +1,49 @@
 """Shared fixtures: small demo datasets drawn once per test session, no network."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from common.demo_data import make_demo_dataset
+from common.records import ENGINES, INITS, load_run, run_dir
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
+# A tiny, fast configuration for running the engine notebooks in tests.
+TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12", TL_EPOCHS="2",
+            TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random")
+
+
+def tiny_env(base: Path, runs: Path | None = None) -> dict:
+    """The environment for a notebook run: TINY settings, data under ``base``, records in ``runs``."""
+    return dict(os.environ, **TINY, TL_DATA_DIR=str(base / "data"), TL_RUNS_DIR=str(runs or base / "runs"),
+                MPLBACKEND="Agg")
+
+
+def run_notebook(nb, env: dict) -> None:
+    """Execute a notebook (a path or a NotebookNode) in a fresh kernel with ``env``, as nbmake would."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    if not isinstance(nb, nbformat.NotebookNode):
+        nb = nbformat.read(NOTEBOOKS / nb, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def engine_runs(tiny_base):
+    """The three engine notebooks, run once per session on the TINY settings: the reference runs."""
+    for name in ENGINE_NOTEBOOKS.values():
+        run_notebook(name, tiny_env(tiny_base))
+    return {(e, i): load_run(run_dir(tiny_base / "runs", "demo", e, i)) for e in ENGINES for i in INITS}
 
 
 @pytest.fixture(scope="session")

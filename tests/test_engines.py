@@ -6,41 +6,13 @@ tiny smoke configuration, so this tests the code the learner actually reads.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
 
 from common.compare import assert_engines_agree
-from common.records import ENGINES, INITS, load_run, run_dir
-
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
-TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12", TL_EPOCHS="2",
-            TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random")
-
-
-def execute(nb: nbformat.NotebookNode) -> None:
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
-
-
-@pytest.fixture(scope="module")
-def tiny_env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("engines")
-    env = dict(TINY, TL_DATA_DIR=str(base / "data"), TL_RUNS_DIR=str(base / "runs"))
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        yield base
-
-
-@pytest.fixture(scope="module")
-def engine_runs(tiny_env):
-    for name in ENGINE_NOTEBOOKS.values():
-        execute(nbformat.read(NOTEBOOKS / name, as_version=4))
-    return {(e, i): load_run(run_dir(tiny_env / "runs", "demo", e, i)) for e in ENGINES for i in INITS}
-
+from common.records import INITS, load_run, run_dir
 
 def test_engines_agree_epoch_by_epoch(engine_runs):
     table = assert_engines_agree({k: r.history for k, r in engine_runs.items()})
@@ -57,18 +29,18 @@ def test_every_engine_writes_the_same_record_schema(engine_runs):
         assert (run.meta["engine"], run.meta["init"]) == (engine, init)
         assert (run.folder / "best.pt").is_file() and (run.folder / "last.pt").is_file()
         assert len(run.history) == 2 and run.history["epoch_seconds"].gt(0).all()
+        assert "scan" in run.meta and run.meta["fallbacks"] == []  # demo and random weights asked for: no fallback
 
 
-def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, tiny_env, monkeypatch, tmp_path):
+def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, tiny_base, tmp_path):
     runs = tmp_path / "runs"
     for init in INITS:  # the plain loop's records as they are
-        shutil.copytree(run_dir(tiny_env / "runs", "demo", "plain", init), run_dir(runs, "demo", "plain", init))
-    monkeypatch.setenv("TL_RUNS_DIR", str(runs))
+        shutil.copytree(run_dir(tiny_base / "runs", "demo", "plain", init), run_dir(runs, "demo", "plain", init))
     nb = nbformat.read(NOTEBOOKS / ENGINE_NOTEBOOKS["ignite"], as_version=4)
     line = 'run = start_run(cfg, data, engine="ignite", init=init)'
     cell = next(c for c in nb.cells if line in c.source)
     cell.source = cell.source.replace(line, line + '\n    run.optimizer.param_groups[0]["lr"] *= 1.2  # the drift to detect')
-    execute(nb)
+    run_notebook(nb, tiny_env(tiny_base, runs))
     drifted = {(e, i): load_run(run_dir(runs, "demo", e, i)).history for e in ("plain", "ignite") for i in INITS}
     with pytest.raises(AssertionError, match="ignite / .*differs from the plain loop"):
         assert_engines_agree(drifted)

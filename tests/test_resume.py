@@ -1,0 +1,98 @@
+"""Resume after a disconnect: kill a training process mid-run (SIGKILL, no clean-up), run again,
+and get exactly the history of an uninterrupted run. Checkpoints cut short are never trusted."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
+
+from common.config import load_config
+from common.records import load_run, run_dir
+from common.training import RESUME_FILE, RunProgress, prepare_data, read_resume_point, save_resume_point, start_run
+
+COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+
+
+def notebook_as_script(name: str) -> str:
+    """The notebook's code cells as one Python program (IPython magics dropped)."""
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    return "\n\n".join("\n".join(l for l in block.splitlines() if not l.startswith("%")) for block in code)
+
+
+def resume_marker(runs, engine):
+    folder = run_dir(runs, "demo", engine, "transfer")
+    return folder / "lightning" / "last.ckpt" if engine == "lightning" else folder / RESUME_FILE
+
+
+@pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
+def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, engine_runs, tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    env = tiny_env(tiny_base, runs)
+    script = tmp_path / f"notebook_{engine}_as_script.py"
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine]))
+    marker = resume_marker(runs, engine)
+
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no resume point appeared"
+        time.sleep(0.01)
+    if engine == "lightning":  # Lightning writes its checkpoint in place: let it finish, then kill
+        time.sleep(0.5)
+    proc.kill()  # SIGKILL: no exception handler, no clean-up
+    proc.wait()
+    assert not (run_dir(runs, "demo", engine, "transfer") / "history.csv").exists(), "killed too late to test resume"
+
+    done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming" in done.stdout
+    for init in ("transfer", "scratch"):
+        resumed = load_run(run_dir(runs, "demo", engine, init)).history
+        reference = engine_runs[(engine, init)].history
+        assert len(resumed) == len(reference)
+        np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
+
+
+@pytest.fixture()
+def tiny_run(tiny_base, tmp_path):
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                      data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
+    return start_run(cfg, prepare_data(cfg), "plain", "transfer")
+
+
+def test_a_checkpoint_cut_short_is_never_trusted(tiny_run, capsys):
+    progress = RunProgress(tiny_run)
+    progress.record(dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
+    save_resume_point(tiny_run, progress)
+    path = tiny_run.folder / RESUME_FILE
+    assert read_resume_point(tiny_run, path)["progress"]["history"] == progress.history
+    assert not list(tiny_run.folder.glob(".*.tmp"))  # written through a temporary file, then renamed
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a kill mid-write of a non-atomic saver
+    assert read_resume_point(tiny_run, path) is None
+    assert "unreadable" in capsys.readouterr().out
+
+
+def test_a_resume_point_from_other_settings_is_not_used(tiny_run, capsys):
+    save_resume_point(tiny_run, RunProgress(tiny_run))
+    other = start_run(load_config(**{**tiny_run.cfg.as_dict(), "lr": 0.5}), tiny_run.data, "plain", "transfer")
+    assert read_resume_point(other, other.folder / RESUME_FILE) is None
+    assert "other settings" in capsys.readouterr().out
+    off = start_run(load_config(**{**tiny_run.cfg.as_dict(), "resume": 0}), tiny_run.data, "plain", "transfer")
+    assert read_resume_point(off, off.folder / RESUME_FILE) is None
+
+
+def test_checkpoints_load_weights_only():
+    torch.save({"model": {"w": torch.ones(1)}, "payload": object()}, "/tmp/tl-evil.pt")
+    from common.records import load_state
+    with pytest.raises(Exception):
+        load_state("/tmp/tl-evil.pt")
