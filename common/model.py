@@ -54,10 +54,21 @@ def _how_to_supply() -> str:
             f"or set TL_WEIGHTS=random to continue without pretrained weights (transfer is then not meaningful).")
 
 
-def load_backbone(weights: str = "auto") -> tuple[nn.Module, WeightsInfo]:
+def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
+    """ResNet50 with ImageNet weights: from torch's hub cache if the file is already there, else from
+    ``weights_dir`` (downloading into it), so the suite writes nothing outside the project's folders."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+    if weights_dir is None or cached.is_file():
+        return resnet50(weights=IMAGENET_WEIGHTS)
+    model = resnet50(weights=None)
+    model.load_state_dict(IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=str(weights_dir)))
+    return model
+
+
+def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tuple[nn.Module, WeightsInfo]:
     """A torchvision ResNet50 with the requested weights.
 
-    ``weights``: ``"imagenet"`` (the torchvision enum; cached file or download),
+    ``weights``: ``"imagenet"`` (the torchvision enum; cached file, else downloaded into ``weights_dir``),
     ``"auto"`` (imagenet, else random weights with a loud warning), ``"random"``,
     or a path to a ``.pth`` state dict.
     """
@@ -68,7 +79,7 @@ def load_backbone(weights: str = "auto") -> tuple[nn.Module, WeightsInfo]:
         if attached is not None:  # e.g. a Kaggle notebook with internet off and the file attached
             return load_weights_file(attached), WeightsInfo(f"imagenet (file:{attached})")
         try:
-            return resnet50(weights=IMAGENET_WEIGHTS), WeightsInfo("imagenet")
+            return _imagenet_backbone(weights_dir), WeightsInfo("imagenet")
         except Exception as exc:  # no network, proxy, corrupt cache, ...
             problem = f"The ImageNet weights could not be loaded ({type(exc).__name__}: {exc})."
             if weights == "imagenet":
@@ -151,10 +162,11 @@ class TransferResNet(nn.Module):
         return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
-def build_model(num_classes: int, init: str, weights: str = "auto", dropout: float = 0.2) -> tuple[TransferResNet, WeightsInfo]:
+def build_model(num_classes: int, init: str, weights: str = "auto", dropout: float = 0.2,
+                weights_dir: Path | None = None) -> tuple[TransferResNet, WeightsInfo]:
     """``init="transfer"``: pretrained trunk, frozen except layer4. ``init="scratch"``: random, all trainable."""
     if init == "transfer":
-        backbone, info = load_backbone(weights)
+        backbone, info = load_backbone(weights, weights_dir)
         return TransferResNet(backbone, num_classes, dropout, freeze_trunk=True), info
     if init == "scratch":
         return TransferResNet(resnet50(weights=None), num_classes, dropout, freeze_trunk=False), WeightsInfo("random")

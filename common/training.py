@@ -108,7 +108,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     device = pick_device(cfg.device)
-    model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout)
+    model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout, cfg.data_dir / "weights")
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)

@@ -271,3 +271,33 @@ def test_imagenet_weights_attached_on_kaggle_are_found(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "KAGGLE_INPUT", tmp_path / "kaggle_input")
     _, info = M.load_backbone("auto")
     assert info.source.startswith("imagenet (file:") and info.fallback is None
+
+
+def test_a_weights_download_goes_to_data_weights_not_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(M, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    seen = {}
+
+    def fake_download(url, model_dir=None, **kwargs):  # the network boundary of torchvision's weights
+        seen["model_dir"] = model_dir
+        return resnet50(weights=None).state_dict()
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fake_download)
+    _, info = M.load_backbone("imagenet", tmp_path / "data" / "weights")
+    assert info.source == "imagenet" and seen["model_dir"] == str(tmp_path / "data" / "weights")
+
+
+def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
+    from common.training import finish_run, prepare_data, start_run
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))  # matplotlib's own cache is not the suite's
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
+                      data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
+    run = start_run(cfg, prepare_data(cfg), "plain", "transfer")
+    finish_run(run, [dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+                          epoch_seconds=1.0)], run.model.state_dict())
+    assert list(home.rglob("*")) == []
+    assert {p.name for p in tmp_path.iterdir()} - {"mpl"} == {"data", "home", "runs"}
