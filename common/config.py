@@ -60,6 +60,8 @@ class Config:
     eval_per_class: int | None = field(default=None, **_help("cap on validation/test images per class (from the budget)"))
     demo_images_per_class: int = field(default=0, **_help("size of the offline demo dataset (from the budget)"))
     num_workers: int | None = field(default=None, **_help("DataLoader workers; empty means pick for this machine"))
+    precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
+    channels_last: str = field(default="auto", **_help("auto (on with CUDA) | 1 | 0: NHWC memory layout for the convolutions"))
     resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
     drop_duplicates: int = field(default=0, **_help("1: drop evaluation copies of images that also occur in train"))
     deterministic: int = field(default=0, **_help("1: ask for repeatable kernels (warn where none exist; slower on GPU)"))

@@ -156,6 +156,8 @@ class TransferResNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # match a channels_last model's layout
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_trunk):
             x = self.trunk(x)
         x = self.layer4(x)

@@ -89,6 +89,35 @@ class RunSetup:
     device: torch.device
     folder: Path
     started: str = ""
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: keeps small gradients from underflowing
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for full precision."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        """``with run.autocast():`` around forward and loss: mixed precision where it pays, a no-op otherwise."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    @property
+    def lightning_precision(self) -> str:
+        return {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.precision, "32-true")
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
+    because bf16 emulated on a CPU without native support is several times slower."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def resolve_channels_last(choice: str, device: torch.device) -> bool:
+    return device.type == "cuda" if choice == "auto" else choice in ("1", "true", "yes")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -110,6 +139,9 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
     device = pick_device(cfg.device)
     model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout, cfg.data_dir / "weights")
     model.to(device)
+    if resolve_channels_last(cfg.channels_last, device):
+        model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
+    precision = resolve_precision(cfg.precision, device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     loaders = data_mod.make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed,
@@ -120,14 +152,16 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
         (folder / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return RunSetup(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, folder,
-                    started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                    started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), precision=precision,
+                    scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
 
 
 def finish_run(setup: RunSetup, history: list[dict], best_state: dict, extra: dict | None = None) -> dict:
     """Evaluate the best (validation-chosen) model once on test and write the run record."""
     cfg, data, model = setup.cfg, setup.data, setup.model
     model.load_state_dict(best_state)
-    probs, targets = predict(model, setup.loaders["test"], setup.device)
+    with setup.autocast():
+        probs, targets = predict(model, setup.loaders["test"], setup.device)
     test = data.datasets["test"]
     preds = predictions_frame(test.paths, targets, probs, data.class_names, cfg.top_k)
     hist = write_history(setup.folder, history)
@@ -141,7 +175,8 @@ def finish_run(setup: RunSetup, history: list[dict], best_state: dict, extra: di
                 is_demo_data=data.source.is_demo, split_fingerprint=data.fingerprint,
                 split_manifest=str(data.manifest_path), split_counts=data.manifest["split"].value_counts().to_dict(),
                 scan=data.scan_summary(), class_names=data.class_names, weights_source=setup.weights.source if setup.init == "transfer" else "random",
-                parameters=parameter_summary(model), device=str(setup.device), versions=library_versions(),
+                parameters=parameter_summary(model), device=str(setup.device), precision=setup.precision,
+                versions=library_versions(),
                 seed=cfg.seed, budget=cfg.budget, fallbacks=fallbacks, config=cfg.as_dict(),
                 started=setup.started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 **summary, **(extra or {}))
@@ -228,7 +263,8 @@ def read_resume_point(run: RunSetup, path: Path, progress_of=lambda state: state
 def save_resume_point(run: RunSetup, progress: RunProgress) -> None:
     """Everything needed to continue after the epoch just completed, written atomically."""
     save_state(run.folder / RESUME_FILE, dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
-                                              scheduler=run.scheduler.state_dict(), progress=progress.state_dict()))
+                                              scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+                                              progress=progress.state_dict()))
 
 
 def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
@@ -239,6 +275,7 @@ def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
     progress.load_state_dict(state["progress"])
     print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
           "(TL_RESUME=0 starts over).")

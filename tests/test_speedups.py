@@ -1,0 +1,45 @@
+"""The speed-ups are chosen per device and change nothing but speed."""
+import pytest
+import torch
+
+from common import training as T
+from common.config import load_config
+from common.model import TransferResNet
+from torchvision.models import resnet50
+
+
+def test_precision_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert T.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert T.resolve_precision("auto", cuda) == "bf16"  # A100, H100, L4...
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert T.resolve_precision("auto", cuda) == "fp16"  # T4 (Colab, Kaggle free GPUs): with a gradient scaler
+    assert T.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
+    assert T.resolve_channels_last("auto", cuda) and not T.resolve_channels_last("auto", cpu)
+    assert T.resolve_channels_last("1", cpu)
+
+
+def test_every_engine_gets_the_same_precision(tmp_path):
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
+                      data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", precision="bf16")
+    run = T.start_run(cfg, T.prepare_data(cfg), "plain", "scratch")
+    assert (run.precision, run.amp_dtype, run.lightning_precision) == ("bf16", torch.bfloat16, "bf16-mixed")
+    assert not run.scaler.is_enabled()  # bf16 needs no loss scaling
+    with run.autocast():
+        assert run.model(torch.randn(2, 3, 32, 32)).dtype == torch.bfloat16
+    fp32 = T.start_run(load_config(**{**cfg.as_dict(), "precision": "fp32"}), run.data, "plain", "scratch")
+    with fp32.autocast():
+        assert fp32.model(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+    assert fp32.lightning_precision == "32-true"
+
+
+def test_channels_last_changes_layout_not_results():
+    torch.manual_seed(0)
+    model = TransferResNet(resnet50(weights=None), 4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        reference = model(x)
+        model.to(memory_format=torch.channels_last)
+        assert model.trunk[0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-4)
