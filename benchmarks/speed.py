@@ -60,8 +60,10 @@ def run_engines(args, env: dict) -> dict:
 
 
 def steady(seconds) -> float:
+    """Median epoch time, leaving out the first (warm-up) epoch."""
+    import statistics
     values = list(seconds)[1:] or list(seconds)
-    return float(sorted(values)[len(values) // 2])
+    return float(statistics.median(values))
 
 
 def tensors_only_epoch(cfg, data, init: str, epochs: int) -> float:

@@ -33,6 +33,17 @@ BUDGETS: dict[str, dict] = {
 }
 
 
+class _FromBudget:
+    """Marks a field whose value comes from the budget preset unless it is set explicitly
+    (0 workers and "no cap" are real choices, so neither 0 nor None can mean "unset")."""
+
+    def __repr__(self) -> str:
+        return "<from budget>"
+
+
+FROM_BUDGET = _FromBudget()
+
+
 def _help(text: str, **kwargs) -> dict:
     return dict(metadata={"help": text}, **kwargs)
 
@@ -48,18 +59,18 @@ class Config:
     data_dir: Path = field(default=REPO_ROOT / "data", **_help("where datasets and split manifests live"))
     runs_dir: Path = field(default=REPO_ROOT / "runs", **_help("where run records, figures and executed notebooks go"))
     device: str = field(default="auto", **_help("auto | cpu | cuda | mps"))
-    image_size: int = field(default=0, **_help("training crop size in pixels (from the budget)"))
-    epochs: int = field(default=0, **_help("epochs per run (from the budget)"))
-    batch_size: int = field(default=0, **_help("images per batch (from the budget)"))
+    image_size: int = field(default=FROM_BUDGET, **_help("training crop size in pixels (from the budget)"))
+    epochs: int = field(default=FROM_BUDGET, **_help("epochs per run (from the budget)"))
+    batch_size: int = field(default=FROM_BUDGET, **_help("images per batch (from the budget)"))
     lr: float = field(default=1e-3, **_help("Adam learning rate, cosine-annealed over the epochs"))
     weight_decay: float = field(default=1e-4, **_help("Adam weight decay"))
     dropout: float = field(default=0.2, **_help("dropout before the new linear head"))
     val_fraction: float = field(default=0.15, **_help("validation share when the split is made here"))
     test_fraction: float = field(default=0.15, **_help("test share when the split is made here"))
-    train_per_class: int | None = field(default=None, **_help("cap on training images per class (from the budget)"))
-    eval_per_class: int | None = field(default=None, **_help("cap on validation/test images per class (from the budget)"))
-    demo_images_per_class: int = field(default=0, **_help("size of the offline demo dataset (from the budget)"))
-    num_workers: int | None = field(default=None, **_help("DataLoader workers; empty means pick for this machine"))
+    train_per_class: int | None = field(default=FROM_BUDGET, **_help("cap on training images per class (from the budget)"))
+    eval_per_class: int | None = field(default=FROM_BUDGET, **_help("cap on validation/test images per class (from the budget)"))
+    demo_images_per_class: int = field(default=FROM_BUDGET, **_help("size of the offline demo dataset (from the budget)"))
+    num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick for this machine"))
     precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
     channels_last: str = field(default="auto", **_help("auto (on with CUDA) | 1 | 0: NHWC memory layout for the convolutions"))
     resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
@@ -74,7 +85,7 @@ class Config:
         if self.budget not in BUDGETS:
             raise ValueError(f"Unknown budget {self.budget!r}: set TL_BUDGET to one of {', '.join(BUDGETS)} or auto.")
         for name, value in BUDGETS[self.budget].items():
-            if getattr(self, name) in (0, None):
+            if getattr(self, name) is FROM_BUDGET:
                 setattr(self, name, value)
         if self.num_workers is None:
             self.num_workers = default_num_workers()

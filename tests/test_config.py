@@ -48,3 +48,12 @@ def test_config_prints_and_serialises(capsys):
     cfg.show()
     assert "budget" in capsys.readouterr().out
     assert isinstance(cfg.as_dict()["runs_dir"], str)
+
+
+def test_zero_and_none_set_explicitly_are_kept(monkeypatch):
+    monkeypatch.setenv("TL_BUDGET", "cpu")
+    monkeypatch.setenv("TL_NUM_WORKERS", "0")
+    monkeypatch.setenv("TL_TRAIN_PER_CLASS", "none")
+    cfg = load_config()
+    assert cfg.num_workers == 0 and cfg.train_per_class is None  # not the preset's 60
+    assert cfg.eval_per_class == BUDGETS["cpu"]["eval_per_class"]
