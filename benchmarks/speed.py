@@ -105,9 +105,9 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from common.config import load_config, pick_device
+    from common.config import load_config, pick_device, resolve_channels_last, resolve_precision
     from common.records import load_run, run_dir
-    from common.training import prepare_data, resolve_channels_last, resolve_precision
+    from common.training import prepare_data
 
     work = Path(tempfile.mkdtemp(prefix="tl-speed-"))
     root = synthetic_dataset(work, args.images_per_class) if args.dataset == "synthetic" else args.dataset

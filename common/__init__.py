@@ -9,6 +9,9 @@ modules are imported where they are used:
 * ``common.data``: layouts, the seeded split and its manifest, transforms, loaders;
 * ``common.model``: the modified ResNet50 and its weights;
 * ``common.training``: what every engine shares (start and finish of a run);
+* ``common.resume``: resume points, so an interrupted run continues where it stopped;
+* ``common.scan``: checking image files; ``common.archives``, ``common.kaggle_data``: fetching data;
+* ``common.compare``: do the engines agree?
 * ``common.evaluation``: predictions and metrics;
 * ``common.records``: the run-record schema;
 * ``common.plots``: figures.

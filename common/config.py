@@ -156,6 +156,18 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
+    because bf16 emulated on a CPU without native support is several times slower."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+def resolve_channels_last(choice: str, device: torch.device) -> bool:
+    return device.type == "cuda" if choice == "auto" else choice in ("1", "true", "yes")
+
 def default_num_workers() -> int:
     """Workers that help without oversubscribing: leave one core for the training process.
 

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from .records import write_text_atomic
 from .scan import open_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -181,23 +182,17 @@ def load_or_make_split(root: Path, manifest_path: Path, seed: int, val_fraction:
 
     manifest.attrs["duplicates"] = cross_split_duplicates(manifest, Path(settings["root"])).to_dict("records")
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(manifest_path, manifest.to_csv(index=False))
+    write_text_atomic(manifest_path, manifest.to_csv(index=False))
     counts = manifest.groupby(["split", "class_name"]).size().unstack(fill_value=0).to_dict("index")
     info = dict(settings=settings, layout=manifest.attrs["layout"], classes=manifest.attrs["classes"],
                 fingerprint=fingerprint(manifest), counts=counts,
                 findings=manifest.attrs["findings"], duplicates=manifest.attrs["duplicates"])
-    _atomic_write(info_path, json.dumps(info, indent=1))
+    write_text_atomic(info_path, json.dumps(info, indent=1))
     return manifest
 
 
 def _files_exist(manifest: pd.DataFrame, root: Path) -> bool:
     return all((root / p).is_file() for p in manifest["path"].iloc[:: max(1, len(manifest) // 50)])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def limit_per_class(manifest: pd.DataFrame, split: str, cap: int | None, seed: int) -> pd.DataFrame:

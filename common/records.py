@@ -40,6 +40,10 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
 def save_state(path: Path, state: dict) -> None:
     """Save a state dict (tensors and plain values only) atomically."""
     _atomic(Path(path), lambda tmp: torch.save(state, tmp))
@@ -90,8 +94,7 @@ def library_versions() -> dict[str, str]:
 
 
 def write_meta(folder: Path, meta: dict) -> None:
-    text = json.dumps(meta, indent=1, default=str)
-    _atomic(Path(folder) / "meta.json", lambda tmp: tmp.write_text(text))
+    write_text_atomic(Path(folder) / "meta.json", json.dumps(meta, indent=1, default=str))
 
 
 @dataclass

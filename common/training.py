@@ -15,11 +15,10 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
-from .config import Config, pick_device, seed_everything
+from .config import Config, pick_device, resolve_channels_last, resolve_precision, seed_everything
 from .evaluation import accuracy, predict, topk_accuracy
 from .model import WeightsInfo, build_model, imagenet_normalisation, parameter_summary, trainable_parameters
-from .records import (library_versions, load_state, predictions_frame, run_dir, save_state, write_history,
-                      write_meta, write_predictions)
+from .records import library_versions, predictions_frame, run_dir, save_state, write_history, write_meta, write_predictions
 from .scan import FINDING_COLUMNS, drop_leaked
 from .sources import DataSource, resolve_dataset
 
@@ -106,20 +105,6 @@ class RunSetup:
         return {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.precision, "32-true")
 
 
-def resolve_precision(choice: str, device: torch.device) -> str:
-    """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
-    because bf16 emulated on a CPU without native support is several times slower."""
-    if choice != "auto":
-        return choice
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def resolve_channels_last(choice: str, device: torch.device) -> bool:
-    return device.type == "cuda" if choice == "auto" else choice in ("1", "true", "yes")
-
-
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Adam over the trainable parameters only: frozen ones get no state and no updates."""
     return torch.optim.Adam(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -156,7 +141,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
                     scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
 
 
-def finish_run(setup: RunSetup, history: list[dict], best_state: dict, extra: dict | None = None) -> dict:
+def finish_run(setup: RunSetup, history: list[dict], best_state: dict) -> dict:
     """Evaluate the best (validation-chosen) model once on test and write the run record."""
     cfg, data, model = setup.cfg, setup.data, setup.model
     model.load_state_dict(best_state)
@@ -179,107 +164,9 @@ def finish_run(setup: RunSetup, history: list[dict], best_state: dict, extra: di
                 versions=library_versions(),
                 seed=cfg.seed, budget=cfg.budget, fallbacks=fallbacks, config=cfg.as_dict(),
                 started=setup.started, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                **summary, **(extra or {}))
+                **summary)
     write_meta(setup.folder, meta)
     return meta
-
-
-# ------------------------------------------------------------------ resuming after a disconnect
-
-RESUME_FILE = "resume.pt"
-_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume")
-
-
-def resume_key(run: RunSetup) -> dict:
-    """What a run computes: a resume point made under other settings is never reused."""
-    config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
-    return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init)
-
-
-class RunProgress:
-    """What a run carries across a restart besides model, optimizer and schedule: the history so far,
-    the best validation accuracy, and the random number generators' states (for dropout).
-
-    Has ``state_dict``/``load_state_dict``, so Ignite's ``Checkpoint`` and Lightning's callback state
-    can save and restore it like any other object."""
-
-    def __init__(self, run: RunSetup):
-        self.key, self.history, self.best_val_acc = resume_key(run), [], -1.0
-
-    @property
-    def epoch(self) -> int:
-        """Epochs completed."""
-        return len(self.history)
-
-    def record(self, row: dict) -> bool:
-        """Append an epoch's row; True when its validation accuracy is a new best."""
-        self.history.append(row)
-        improved = row["val_acc"] > self.best_val_acc
-        self.best_val_acc = max(self.best_val_acc, row["val_acc"])
-        return improved
-
-    def finished(self, cfg: Config) -> bool:
-        """All epochs done, or early stopping has already ended the run."""
-        return self.epoch >= cfg.epochs or bool(cfg.early_stopping and self.epochs_since_best() >= cfg.early_stopping)
-
-    def epochs_since_best(self) -> int:
-        if not self.history:
-            return 0
-        accs = [r["val_acc"] for r in self.history]
-        return len(accs) - 1 - accs.index(max(accs))
-
-    def state_dict(self) -> dict:
-        return dict(key=self.key, history=list(self.history), best_val_acc=self.best_val_acc,
-                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["key"] != self.key:
-            raise ValueError("resume point made with other settings")
-        self.history, self.best_val_acc = list(state["history"]), float(state["best_val_acc"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-
-def read_resume_point(run: RunSetup, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
-    """The saved state at ``path`` if resuming is on and it belongs to this run's settings, else None.
-
-    A file that cannot be read (say, cut short by a kill while it was written) is ignored with a
-    message, never trusted: checkpoints are written atomically, so this only happens to foreign files."""
-    if not run.cfg.resume or not Path(path).is_file():
-        return None
-    try:
-        state = load_state(path)
-        key = progress_of(state)["key"]
-    except Exception as exc:
-        print(f"Ignoring unreadable resume point {path} ({type(exc).__name__}); starting {run.init} from scratch.")
-        return None
-    if key != resume_key(run):
-        print(f"Resume point {path} was made with other settings; starting {run.init} over.")
-        return None
-    return state
-
-
-def save_resume_point(run: RunSetup, progress: RunProgress) -> None:
-    """Everything needed to continue after the epoch just completed, written atomically."""
-    save_state(run.folder / RESUME_FILE, dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
-                                              scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
-                                              progress=progress.state_dict()))
-
-
-def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
-    """Restore model, optimizer, schedule and progress from ``resume.pt``; True if something was resumed."""
-    state = read_resume_point(run, run.folder / RESUME_FILE)
-    if state is None:
-        return False
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
-    progress.load_state_dict(state["progress"])
-    print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
-          "(TL_RESUME=0 starts over).")
-    return True
 
 
 def save_checkpoint(setup: RunSetup, name: str, state: dict | None = None) -> None:

@@ -14,7 +14,8 @@ from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
 
 from common.config import load_config
 from common.records import load_run, run_dir
-from common.training import RESUME_FILE, RunProgress, prepare_data, read_resume_point, save_resume_point, start_run
+from common.resume import RESUME_FILE, RunProgress, read_resume_point, save_resume_point
+from common.training import prepare_data, start_run
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 

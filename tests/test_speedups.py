@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from common import config as C
 from common import training as T
 from common.config import load_config
 from common.model import TransferResNet
@@ -10,14 +11,14 @@ from torchvision.models import resnet50
 
 def test_precision_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert T.resolve_precision("auto", cpu) == "fp32"
+    assert C.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert T.resolve_precision("auto", cuda) == "bf16"  # A100, H100, L4...
+    assert C.resolve_precision("auto", cuda) == "bf16"  # A100, H100, L4...
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert T.resolve_precision("auto", cuda) == "fp16"  # T4 (Colab, Kaggle free GPUs): with a gradient scaler
-    assert T.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
-    assert T.resolve_channels_last("auto", cuda) and not T.resolve_channels_last("auto", cpu)
-    assert T.resolve_channels_last("1", cpu)
+    assert C.resolve_precision("auto", cuda) == "fp16"  # T4 (Colab, Kaggle free GPUs): with a gradient scaler
+    assert C.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
+    assert C.resolve_channels_last("auto", cuda) and not C.resolve_channels_last("auto", cpu)
+    assert C.resolve_channels_last("1", cpu)
 
 
 def test_every_engine_gets_the_same_precision(tmp_path):

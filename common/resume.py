@@ -1,0 +1,110 @@
+"""Resuming after a disconnect: what a run saves after every epoch, and how it is restored.
+
+The plain loop saves :data:`RESUME_FILE` with :func:`save_resume_point`; Ignite saves the same
+objects with its ``Checkpoint`` handler; Lightning keeps :class:`RunProgress` in a callback's state.
+A resume point made under other settings, or one that cannot be read, is never used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .records import load_state, save_state
+from .training import RunSetup
+
+RESUME_FILE = "resume.pt"
+_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume")
+
+
+def resume_key(run: RunSetup) -> dict:
+    """What a run computes: a resume point made under other settings is never reused."""
+    config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
+    return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init)
+
+
+class RunProgress:
+    """What a run carries across a restart besides model, optimizer and schedule: the history so far,
+    the best validation accuracy, and the random number generators' states (for dropout).
+
+    Has ``state_dict``/``load_state_dict``, so Ignite's ``Checkpoint`` and Lightning's callback state
+    can save and restore it like any other object."""
+
+    def __init__(self, run: RunSetup):
+        self.key, self.history, self.best_val_acc = resume_key(run), [], -1.0
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return len(self.history)
+
+    def record(self, row: dict) -> bool:
+        """Append an epoch's row; True when its validation accuracy is a new best."""
+        self.history.append(row)
+        improved = row["val_acc"] > self.best_val_acc
+        self.best_val_acc = max(self.best_val_acc, row["val_acc"])
+        return improved
+
+    def finished(self, cfg: Config) -> bool:
+        """All epochs done, or early stopping has already ended the run."""
+        return self.epoch >= cfg.epochs or bool(cfg.early_stopping and self.epochs_since_best() >= cfg.early_stopping)
+
+    def epochs_since_best(self) -> int:
+        if not self.history:
+            return 0
+        accs = [r["val_acc"] for r in self.history]
+        return len(accs) - 1 - accs.index(max(accs))
+
+    def state_dict(self) -> dict:
+        return dict(key=self.key, history=list(self.history), best_val_acc=self.best_val_acc,
+                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["key"] != self.key:
+            raise ValueError("resume point made with other settings")
+        self.history, self.best_val_acc = list(state["history"]), float(state["best_val_acc"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def read_resume_point(run: RunSetup, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
+    """The saved state at ``path`` if resuming is on and it belongs to this run's settings, else None.
+
+    A file that cannot be read (say, cut short by a kill while it was written) is ignored with a
+    message, never trusted: checkpoints are written atomically, so this only happens to foreign files."""
+    if not run.cfg.resume or not Path(path).is_file():
+        return None
+    try:
+        state = load_state(path)
+        key = progress_of(state)["key"]
+    except Exception as exc:
+        print(f"Ignoring unreadable resume point {path} ({type(exc).__name__}); starting {run.init} from scratch.")
+        return None
+    if key != resume_key(run):
+        print(f"Resume point {path} was made with other settings; starting {run.init} over.")
+        return None
+    return state
+
+
+def save_resume_point(run: RunSetup, progress: RunProgress) -> None:
+    """Everything needed to continue after the epoch just completed, written atomically."""
+    save_state(run.folder / RESUME_FILE, dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                                              scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+                                              progress=progress.state_dict()))
+
+
+def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
+    """Restore model, optimizer, schedule and progress from ``resume.pt``; True if something was resumed."""
+    state = read_resume_point(run, run.folder / RESUME_FILE)
+    if state is None:
+        return False
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    progress.load_state_dict(state["progress"])
+    print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
+          "(TL_RESUME=0 starts over).")
+    return True
