@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -129,6 +130,13 @@ def load_config(**overrides) -> Config:
                 raise ValueError(f"TL_{f.name.upper()}={env!r} is not a valid {f.type}: {f.metadata['help']}") from None
     values.update(overrides)
     return Config(**values)
+
+
+def loud(message: str) -> None:
+    """Print a banner no one can miss, and raise a warning for logs."""
+    bar = "!" * 78
+    print(f"{bar}\n{message}\n{bar}", flush=True)
+    warnings.warn(message.splitlines()[0], stacklevel=2)
 
 
 def auto_budget() -> str:

@@ -8,13 +8,14 @@ network with random weights and everything trainable.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
+
+from .config import loud
 
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
 # The file torchvision downloads for IMAGENET_WEIGHTS (under torch.hub.get_dir()/checkpoints/).
@@ -30,13 +31,6 @@ class WeightsInfo:
     source: str  # "imagenet", "file:<path>" or "random"
     fallback: str | None = None  # set when something other than the request was used
     notes: list[str] = field(default_factory=list)
-
-
-def loud(message: str) -> None:
-    """Print a banner no one can miss, and raise a warning for logs."""
-    bar = "!" * 78
-    print(f"{bar}\n{message}\n{bar}", flush=True)
-    warnings.warn(message.splitlines()[0], stacklevel=2)
 
 
 def imagenet_normalisation() -> tuple[list[float], list[float]]:

@@ -20,6 +20,7 @@ MAX_PIXELS = 256_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 RGB_MODES = {"RGB"}
 FINDING_COLUMNS = ["path", "finding", "action", "detail"]
+DUPLICATE_COLUMNS = ["digest", "split", "path", "class_name"]
 
 
 def open_rgb(path: Path, max_side: int | None = None) -> Image.Image:
@@ -77,7 +78,7 @@ def cross_split_duplicates(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     digests = manifest.assign(digest=[file_digest(Path(root) / p) for p in manifest["path"]])
     spread = digests.groupby("digest")["split"].nunique()
     leaked = digests[digests["digest"].isin(spread[spread > 1].index)]
-    return leaked.sort_values(["digest", "split"])[["digest", "split", "path", "class_name"]].reset_index(drop=True)
+    return leaked.sort_values(["digest", "split"])[DUPLICATE_COLUMNS].reset_index(drop=True)
 
 
 def drop_leaked(manifest: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archives import download_url, remove_stale_partials, safe_extract
-from .config import Config, detect_runtime
+from .config import Config, detect_runtime, loud
 from .data import DatasetError, detect_layout, scan_classes
 from .demo_data import make_demo_dataset
-from .model import loud
 
 KAGGLE_INPUT = Path("/kaggle/input")
 STAMP = ".complete.json"
@@ -108,9 +107,8 @@ def find_in_kaggle_input(spec: RemoteDataset, base: Path | None = None, max_dept
 
 def _finish_layout(staging: Path, spec: RemoteDataset) -> Path:
     """Unpack nested archives, drop and rename classes; return the dataset root inside ``staging``."""
-    for inner in list(staging.rglob("*.tar.gz")) + list(staging.rglob("*.tgz")):
-        if "Annotations" not in inner.name:
-            safe_extract(inner, inner.parent / inner.name.split(".")[0])
+    for inner in list(staging.rglob("*.tar.gz")) + list(staging.rglob("*.tgz")):  # e.g. Caltech's image archive
+        safe_extract(inner, inner.parent / inner.name.split(".")[0])
         inner.unlink()
     markers = sorted(staging.rglob(spec.kaggle_input_marker or "\0"), key=lambda p: len(p.parts))
     root = markers[0] if markers and markers[0].is_dir() else staging

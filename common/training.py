@@ -19,7 +19,7 @@ from .config import Config, pick_device, resolve_channels_last, resolve_precisio
 from .evaluation import accuracy, predict, topk_accuracy
 from .model import WeightsInfo, build_model, imagenet_normalisation, parameter_summary, trainable_parameters
 from .records import library_versions, predictions_frame, run_dir, save_state, write_history, write_meta, write_predictions
-from .scan import FINDING_COLUMNS, drop_leaked
+from .scan import DUPLICATE_COLUMNS, FINDING_COLUMNS, drop_leaked
 from .sources import DataSource, resolve_dataset
 
 
@@ -56,7 +56,7 @@ def prepare_data(cfg: Config) -> DataBundle:
     manifest_path = cfg.data_dir / "splits" / f"{source.name}-seed{cfg.seed}.csv"
     manifest = data_mod.load_or_make_split(source.root, manifest_path, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     findings = pd.DataFrame(manifest.attrs["findings"], columns=FINDING_COLUMNS)
-    duplicates = pd.DataFrame(manifest.attrs["duplicates"], columns=["digest", "split", "path", "class_name"])
+    duplicates = pd.DataFrame(manifest.attrs["duplicates"], columns=DUPLICATE_COLUMNS)
     if len(duplicates) and cfg.drop_duplicates:
         manifest = drop_leaked(manifest, duplicates)
     elif len(duplicates):
