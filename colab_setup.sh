@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Colab or Kaggle runtime for the notebooks; the first notebook cell runs it for you.
 # By hand:   !git clone <this repository's URL> tl-tutorial && bash tl-tutorial/colab_setup.sh
+# On Kaggle without internet, attach the repository as input: the first cell copies it and runs this.
 # It installs only what the runtime lacks (never torch or torchvision, which Colab and Kaggle ship
 # with their CUDA builds) and makes `common` importable. Locally it installs nothing that is already
 # there, so running it by mistake is harmless.
@@ -20,10 +21,15 @@ PY
 )
 if [ -n "$missing" ]; then
   echo "Installing what this runtime lacks: $missing"
-  "$PY" -m pip install --quiet $missing
+  if ! "$PY" -m pip install --quiet $missing; then
+    echo "Could not install: $missing. Turn the notebook's internet on (Kaggle: Settings > Internet), or attach" >&2
+    echo "wheels of these packages as input and pip install them, then run the cell again." >&2
+    exit 1
+  fi
 else
   echo "All packages present: nothing to install."
 fi
-# Editable install without dependencies: never touches the runtime's torch.
-"$PY" -m pip install --quiet --no-deps -e .
+# Editable install without dependencies (never touches the runtime's torch) and without build isolation,
+# so that it needs no network: Colab and Kaggle ship setuptools.
+"$PY" -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null || "$PY" -m pip install --quiet --no-deps -e .
 echo "Ready: notebooks in $(pwd)/notebooks"

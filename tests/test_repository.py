@@ -79,13 +79,89 @@ def test_setup_cell_finds_the_repository_locally(tmp_path):
     assert out.stdout.strip() == str(ROOT)
 
 
-def test_setup_cell_on_colab_without_a_clone_says_what_to_set(tmp_path):
+FAKE_COLAB = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+
+
+def _fake_github_repository(tmp_path, branch: str) -> Path:
+    """A tiny repository standing in for the GitHub one: the cell clones it through a git URL rewrite.
+    Its colab_setup.sh only leaves a mark, so the test never installs anything."""
+    import subprocess
+    origin = tmp_path / "origin"
+    (origin / "common").mkdir(parents=True)
+    (origin / "common" / "__init__.py").write_text("")
+    (origin / "notebooks").mkdir()
+    (origin / "colab_setup.sh").write_text('touch "$(dirname "$0")/setup-ran"\n')
+    git = ["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "main"], check=True)
+    subprocess.run([*git, "checkout", "-qb", branch], check=True)
+    (origin / "only-on-branch").write_text("")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "branch"], check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+    return origin
+
+
+def _run_setup_cell_on_colab(tmp_path, server, env_extra=None, source=None):
+    import os
     import subprocess
     import sys
-    fake_colab = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')\n"
-    out = subprocess.run([sys.executable, "-c", fake_colab + _setup_cell_source()], cwd=tmp_path,
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "Set REPO_URL" in out.stderr
+    host, port = server.url.removeprefix("http://").split(":")
+    env = dict(os.environ, COLAB_JUPYTER_IP=host, KMP_TARGET_PORT=port, TL_CLONE_DIR=str(tmp_path / "content"),
+               **(env_extra or {}))
+    work = tmp_path / "elsewhere"
+    work.mkdir(exist_ok=True)
+    code = FAKE_COLAB + (source or _setup_cell_source()) + "\nprint(ROOT)"
+    return subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
+
+
+def test_setup_cell_on_colab_clones_the_repository_and_branch_it_was_opened_from(tmp_path, server):
+    import json
+    from urllib.parse import quote
+    origin = _fake_github_repository(tmp_path, branch="feature/speed")
+    opened = "https://github.com/acme/tl-tutorial/blob/feature/speed/notebooks/01_plain_pytorch.ipynb"
+    sessions = [{"name": "01_plain_pytorch.ipynb", "path": "fileId=" + quote(opened, safe="")}]
+    server.routes["/api/sessions"] = (200, "application/json", json.dumps(sessions).encode())
+    rewrite = dict(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.file://{origin}.insteadOf",
+                   GIT_CONFIG_VALUE_0="https://github.com/acme/tl-tutorial.git")
+    out = _run_setup_cell_on_colab(tmp_path, server, rewrite)
+    assert out.returncode == 0, out.stderr
+    clone = tmp_path / "content" / "tl-tutorial"
+    assert out.stdout.strip().splitlines()[-1] == str(clone)
+    assert (clone / "only-on-branch").is_file(), "cloned the default branch, not the one the notebook came from"
+    assert (clone / "setup-ran").is_file(), "colab_setup.sh did not run"
+    # Run again (a second notebook, a restarted kernel): the clone is reused, nothing is fetched again.
+    server.routes.clear()
+    (clone / "setup-ran").unlink()
+    again = _run_setup_cell_on_colab(tmp_path, server)
+    assert again.returncode == 0 and (clone / "setup-ran").is_file(), again.stderr
+
+
+def test_setup_cell_on_colab_not_opened_from_github_says_what_to_do(tmp_path, server):
+    import json
+    server.routes["/api/sessions"] = (200, "application/json", json.dumps([{"path": "fileId=1AbCdEf"}]).encode())
+    out = _run_setup_cell_on_colab(tmp_path, server)
+    assert out.returncode != 0 and "open the notebook from GitHub" in out.stderr
+    assert not (tmp_path / "content" / "tl-tutorial").exists()
+
+
+def test_setup_cell_on_kaggle_copies_the_repository_attached_as_input(tmp_path, server):
+    """Kaggle with internet off: the repository attached as a dataset, at any mount depth, is copied out."""
+    origin = _fake_github_repository(tmp_path, branch="unused")
+    attached = tmp_path / "input" / "datasets" / "acme" / "tl-tutorial"
+    import shutil
+    shutil.copytree(origin, attached, ignore=shutil.ignore_patterns(".git"))
+    (attached / "runs").mkdir()
+    source = _setup_cell_source()
+    assert 'Path("/kaggle/input")' in source
+    source = source.replace('Path("/kaggle/input")', f'Path("{tmp_path / "input"}")')
+    out = _run_setup_cell_on_colab(tmp_path, server, source=source)
+    assert out.returncode == 0, out.stderr
+    clone = tmp_path / "content" / "tl-tutorial"
+    assert (clone / "common" / "__init__.py").is_file() and (clone / "setup-ran").is_file()
+    assert not (clone / "runs").exists(), "copied run records along with the code"
+    assert server.requests == [], "asked Colab's session list although a copy was attached"
 
 
 def test_colab_setup_is_harmless_locally():
