@@ -74,6 +74,7 @@ class Config:
     num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick for this machine"))
     precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
     channels_last: str = field(default="auto", **_help("auto (on with CUDA) | 1 | 0: NHWC memory layout for the convolutions"))
+    cache_images: str = field(default="auto", **_help("auto (when the decoded images fit in a third of the memory) | 1 | 0: decode each image once into memory, later epochs only augment"))
     resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
     drop_duplicates: int = field(default=0, **_help("1: drop evaluation copies of images that also occur in train"))
     deterministic: int = field(default=0, **_help("1: ask for repeatable kernels (warn where none exist; slower on GPU)"))
@@ -90,6 +91,12 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers is None:
             self.num_workers = default_num_workers()
+        for name, allowed in _CHOICES.items():
+            value = _SWITCH_WORDS.get(str(getattr(self, name)).strip().lower(), str(getattr(self, name)).strip().lower())
+            if value not in allowed:
+                raise ValueError(f"TL_{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}: "
+                                 f"{CONFIG_HELP[name]}")
+            setattr(self, name, value)
         self.data_dir, self.runs_dir = Path(self.data_dir), Path(self.runs_dir)
 
     def as_dict(self) -> dict:
@@ -103,6 +110,12 @@ class Config:
             source = "  <- env" if f"TL_{f.name.upper()}" in os.environ else ""
             print(f"  {f.name:<22} {getattr(self, f.name)!s:<28}{source}")
         print(f"  runtime: {detect_runtime()}, device: {pick_device(self.device)}, python {platform.python_version()}")
+
+
+_CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16"), "channels_last": ("auto", "1", "0"),
+            "cache_images": ("auto", "1", "0")}
+_SWITCH_WORDS = {"true": "1", "yes": "1", "on": "1", "false": "0", "no": "0", "off": "0"}
+CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
 
 
 def _parse(text: str, kind) -> object:

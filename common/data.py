@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,12 +210,30 @@ def limit_per_class(manifest: pd.DataFrame, split: str, cap: int | None, seed: i
 # ---------------------------------------------------------------- transforms
 
 
-def build_transforms(image_size: int, mean, std) -> dict[str, v2.Compose]:
-    """Augmentation (random resized crop, flip) for train; resize and centre crop otherwise."""
-    finish = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    train = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-                        v2.RandomHorizontalFlip(), *finish])
-    evaluate = v2.Compose([v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size), *finish])
+@dataclass(frozen=True)
+class TwoStage:
+    """An image's way to the model in two stages, so that the first can be done once and kept.
+
+    ``prepare`` is deterministic (PIL image to a uint8 tensor of a fixed square size): it is what the
+    decode-once cache stores. ``augment`` runs every epoch on that tensor (random crop and flip for
+    training) and ends in normalised floats. Cached or not, the numbers are the same.
+    """
+    prepare: v2.Compose
+    augment: v2.Compose
+
+    def __call__(self, img):
+        return self.augment(self.prepare(img))
+
+
+def build_transforms(image_size: int, mean, std) -> dict[str, TwoStage]:
+    """Training: centre square at ``image_size``, then random resized crop and flip every epoch.
+    Evaluation: resize to 8/7 of the size and centre crop (the ImageNet convention), done once."""
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    square = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
+    train = TwoStage(square, v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+                                         v2.RandomHorizontalFlip(), *finish]))
+    evaluate = TwoStage(v2.Compose([v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size),
+                                    v2.PILToTensor()]), v2.Compose(finish))
     return {"train": train, "validation": evaluate, "test": evaluate}
 
 
@@ -236,26 +255,84 @@ class ImageListDataset(Dataset):
     index), where :class:`EpochShuffleSampler` passes the epoch inside the index.
     Augmentation then depends on nothing else: not on the global RNG, not on worker
     processes, not on how many iterators an engine creates or how far it prefetches.
+
+    With a :class:`TwoStage` transform, :meth:`cache_in_memory` decodes every image once;
+    later epochs only augment. Without a transform, items are the PIL images.
     """
 
     def __init__(self, root: Path, paths: list[str], labels: list[int], transform=None, seed: int | None = None):
         self.root, self.paths, self.labels, self.transform = Path(root), list(paths), list(labels), transform
         self.seed = seed
+        self.cache: torch.Tensor | None = None  # uint8 (N, 3, size, size) once cache_in_memory has run
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def prepared(self, index: int):
+        """The image after its deterministic first stage (from the cache when there is one)."""
+        if self.cache is not None:
+            return self.cache[index]
+        img = open_rgb(self.root / self.paths[index], max_side=1024)
+        return self.transform.prepare(img) if isinstance(self.transform, TwoStage) else img
+
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.paths))
-        img = open_rgb(self.root / self.paths[index], max_side=1024)
+        img = self.prepared(index)
         if self.transform is not None:
+            augment = self.transform.augment if isinstance(self.transform, TwoStage) else self.transform
             if self.seed is None:
-                img = self.transform(img)
+                img = augment(img)
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(mix_seed(self.seed, epoch, index))
-                    img = self.transform(img)
+                    img = augment(img)
         return img, self.labels[index]
+
+    def cache_bytes(self) -> int:
+        """Memory the decode-once cache of this dataset takes."""
+        return len(self) * self.prepared(0).numel() if len(self) else 0
+
+    def cache_in_memory(self, num_workers: int = 0, progress: bool = True) -> None:
+        """Decode and prepare every image once (in parallel workers) into one uint8 tensor.
+
+        One tensor, not a list: worker processes share it (copy-on-write under fork, shared
+        memory under spawn) instead of each holding a copy."""
+        if self.cache is not None or not len(self):
+            return
+        if not isinstance(self.transform, TwoStage):
+            raise TypeError("Only a dataset with a TwoStage transform can be cached (its first stage is what is kept).")
+        from tqdm.auto import tqdm
+        first = self.prepared(0)
+        cache = torch.empty((len(self), *first.shape), dtype=torch.uint8)
+        loader = DataLoader(_Prepared(self), batch_size=64, num_workers=num_workers)
+        done = 0
+        for batch in tqdm(loader, desc=f"decoding {len(self)} images once", disable=not progress,
+                          mininterval=5, leave=False):
+            cache[done:done + len(batch)] = batch
+            done += len(batch)
+        self.cache = cache
+
+
+class _Prepared(Dataset):
+    """The first stage of each image of a dataset, for filling its cache in worker processes."""
+
+    def __init__(self, dataset: ImageListDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.dataset.prepared(index)
+
+
+def cache_fits(datasets: dict[str, ImageListDataset], share: float = 1 / 3) -> bool:
+    """Whether the decoded images of every split fit in ``share`` of this machine's memory."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf: stay on the safe side
+        return False
+    return sum(ds.cache_bytes() for ds in datasets.values()) <= share * memory
 
 
 def make_datasets(manifest: pd.DataFrame, transforms: dict, seed: int = 0) -> dict[str, ImageListDataset]:

@@ -15,7 +15,8 @@ from .records import load_state, save_state
 from .training import RunSetup
 
 RESUME_FILE = "resume.pt"
-_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume")
+# Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
+_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images")
 
 
 def resume_key(run: RunSetup) -> dict:

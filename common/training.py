@@ -115,6 +115,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
 
+def cache_decoded_images(cfg: Config, data: DataBundle) -> None:
+    """Decode every image once into memory when ``cfg.cache_images`` asks for it (``auto``: when it fits).
+
+    Decoding JPEGs is most of the input pipeline's work; with the cache each later epoch only crops,
+    flips and normalises uint8 tensors. Done once per notebook: the first run pays, the next reuse it."""
+    datasets = list(data.datasets.values())
+    if all(ds.cache is not None for ds in datasets):
+        return
+    if cfg.cache_images == "0":
+        return
+    if cfg.cache_images == "auto" and not data_mod.cache_fits(data.datasets):
+        print("Decode-once cache off: the decoded images would take more than a third of this machine's memory.")
+        return
+    size = sum(ds.cache_bytes() for ds in datasets)
+    print(f"Decoding {sum(len(ds) for ds in datasets)} images once into memory ({size / 2**30:.2f} GB); "
+          "later epochs only augment. TL_CACHE_IMAGES=0 turns this off.")
+    for ds in datasets:
+        ds.cache_in_memory(cfg.num_workers)
+
+
 def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup:
     """Seed, build the model, optimizer, schedule and fresh loaders, and pick the record folder."""
     seed_everything(cfg.seed)
@@ -129,6 +149,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> RunSetup
     precision = resolve_precision(cfg.precision, device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    cache_decoded_images(cfg, data)
     loaders = data_mod.make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed,
                                     pin_memory=device.type == "cuda")
     folder = run_dir(cfg.runs_dir, data.source.name, engine, init)

@@ -41,6 +41,15 @@ def test_bad_values_say_what_is_wrong(monkeypatch):
     monkeypatch.setenv("TL_EPOCHS", "three")
     with pytest.raises(ValueError, match="TL_EPOCHS"):
         load_config()
+    monkeypatch.delenv("TL_EPOCHS")
+    monkeypatch.setenv("TL_CACHE_IMAGES", "maybe")
+    with pytest.raises(ValueError, match="TL_CACHE_IMAGES='maybe' is not one of auto, 1, 0"):
+        load_config()
+    monkeypatch.setenv("TL_CACHE_IMAGES", "Off")
+    assert load_config().cache_images == "0"
+    monkeypatch.setenv("TL_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="TL_PRECISION"):
+        load_config()
 
 
 def test_config_prints_and_serialises(capsys):
