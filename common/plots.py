@@ -49,6 +49,22 @@ def show_samples(dataset, class_names: list[str], per_class: int = 4, size: floa
     return fig
 
 
+def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8) -> plt.Figure:
+    """One training image on its way to the model: the prepared square (decoded once, what the cache
+    keeps), then what the augmentation makes of it in successive epochs, un-normalised for display."""
+    normalise = dataset.transform.augment.transforms[-1]
+    mean, std = (np.asarray(v).reshape(3, 1, 1) for v in (normalise.mean, normalise.std))
+    views = [dataset.prepared(index).numpy() / 255.0]
+    views += [dataset[epoch * len(dataset) + index][0].numpy() * std + mean for epoch in range(epochs)]
+    titles = ["prepared (kept)"] + [f"epoch {epoch + 1}" for epoch in range(epochs)]
+    fig, axes = plt.subplots(1, len(views), figsize=(len(views) * size, size * 1.15), squeeze=False)
+    for ax, view, title in zip(axes[0], views, titles):
+        ax.imshow(np.clip(view.transpose(1, 2, 0), 0, 1))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig
+
+
 def plot_counts(counts: pd.DataFrame) -> plt.Figure:
     """Images per class, stacked by split."""
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(counts)), 3))
