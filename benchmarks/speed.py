@@ -10,16 +10,18 @@
 4. Prints images per second, epoch seconds and the ratios that matter: transfer/scratch,
    each engine/plain loop, and real loader/tensors only (what the input pipeline costs).
 
-    .venv/bin/python benchmarks/speed.py                      # small CPU-sized defaults
+    .venv/bin/python benchmarks/speed.py                      # CPU-sized defaults: 20 images per class, 112 px
     .venv/bin/python benchmarks/speed.py --images-per-class 200 --image-size 224 --batch-size 64   # a GPU
 
-The first epoch of each run is warm-up and is left out: figures are medians of the others.
+The first epoch of each run is warm-up and is left out: figures are medians of the others (and, with
+--repeats, medians over the interleaved repeats).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -35,11 +37,13 @@ def parse_args() -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic", help="synthetic, or vegetables when it is downloaded")
-    p.add_argument("--images-per-class", type=int, default=200 if gpu else 10)
-    p.add_argument("--image-size", type=int, default=224 if gpu else 64, help="training crop size")
+    # CPU defaults: epochs of several seconds (shorter ones are mostly noise on a shared machine).
+    p.add_argument("--images-per-class", type=int, default=200 if gpu else 20)
+    p.add_argument("--image-size", type=int, default=224 if gpu else 112, help="training crop size")
     p.add_argument("--batch-size", type=int, default=64 if gpu else 16)
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--engines", default="plain,ignite,lightning")
+    p.add_argument("--repeats", type=int, default=1, help="run every notebook this many times, interleaved; report medians")
     p.add_argument("--cache", default="auto", help="TL_CACHE_IMAGES for the engine runs; the plain loop also runs with the opposite")
     p.add_argument("--weights", default="random", help="random (the speed does not depend on the values) or imagenet")
     return p.parse_args()
@@ -64,7 +68,6 @@ def run_engines(engines: list[str], env: dict) -> None:
 
 def steady(seconds) -> float:
     """Median epoch time, leaving out the first (warm-up) epoch."""
-    import statistics
     values = list(seconds)[1:] or list(seconds)
     return float(statistics.median(values))
 
@@ -159,15 +162,19 @@ def main() -> None:
           f"batch {cfg.batch_size}, {cfg.num_workers} loader workers, precision "
           f"{resolve_precision(cfg.precision, device)}, channels_last {resolve_channels_last(cfg.channels_last, device)}, "
           f"decode-once cache {'on' if cached else 'off'} (the plain loop runs both ways)")
-    run_engines(engines, dict(env, TL_CACHE_IMAGES=args.cache))
-    other = work / "runs-other-cache"
-    run_engines(["plain"], dict(env, TL_CACHE_IMAGES="0" if cached else "1", TL_RUNS_DIR=str(other)))
+    # Repeats run interleaved (every engine once, then again) so that a slow phase of a shared machine
+    # does not land on one engine only; each figure is the median over the repeats.
+    for repeat in range(args.repeats):
+        runs = work / f"runs-{repeat}"
+        run_engines(engines, dict(env, TL_CACHE_IMAGES=args.cache, TL_RUNS_DIR=str(runs / "default")))
+        run_engines(["plain"], dict(env, TL_CACHE_IMAGES="0" if cached else "1", TL_RUNS_DIR=str(runs / "other")))
     label = {True: "real, decoded once", False: "real, decoded every epoch"}
     rows = []
     for init in ("transfer", "scratch"):
-        for engine, runs, is_cached in [*((e, cfg.runs_dir, cached) for e in engines), ("plain", other, not cached)]:
-            history = load_run(run_dir(runs, data.source.name, engine, init)).history
-            rows.append(dict(init=init, engine=engine, loader=label[is_cached], epoch_s=steady(history["epoch_seconds"])))
+        for engine, which, is_cached in [*((e, "default", cached) for e in engines), ("plain", "other", not cached)]:
+            epochs = [steady(load_run(run_dir(work / f"runs-{r}" / which, data.source.name, engine, init)).history["epoch_seconds"])
+                      for r in range(args.repeats)]
+            rows.append(dict(init=init, engine=engine, loader=label[is_cached], epoch_s=statistics.median(epochs)))
         rows.append(dict(init=init, engine="plain", loader="tensors only",
                          epoch_s=tensors_only_epoch(cfg, data, init, args.epochs)))
     table = pd.DataFrame(rows)
