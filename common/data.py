@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,13 +325,15 @@ class _Prepared(Dataset):
         return self.dataset.prepared(index)
 
 
+def physical_memory() -> int:
+    """This machine's memory in bytes (psutil: the same answer on Linux, macOS and Windows)."""
+    import psutil
+    return psutil.virtual_memory().total
+
+
 def cache_fits(datasets: dict[str, ImageListDataset], share: float = 1 / 3) -> bool:
     """Whether the decoded images of every split fit in ``share`` of this machine's memory."""
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # Windows has no sysconf: stay on the safe side
-        return False
-    return sum(ds.cache_bytes() for ds in datasets.values()) <= share * memory
+    return sum(ds.cache_bytes() for ds in datasets.values()) <= share * physical_memory()
 
 
 def make_datasets(manifest: pd.DataFrame, transforms: dict, seed: int = 0) -> dict[str, ImageListDataset]:

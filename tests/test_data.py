@@ -222,14 +222,14 @@ def test_the_cache_setting_is_obeyed(tmp_path, monkeypatch, capsys):
 
 
 def test_the_cache_fits_only_in_a_share_of_memory(flat_root, monkeypatch):
-    import os
+    import psutil
     datasets = _datasets(flat_root)
     need = sum(ds.cache_bytes() for ds in datasets.values())
     assert need == sum(len(ds) for ds in datasets.values()) * 3 * 32 * 32
-    pages = {"SC_PAGE_SIZE": 1, "SC_PHYS_PAGES": 3 * need}
-    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert D.physical_memory() == psutil.virtual_memory().total > 0
+    monkeypatch.setattr(D, "physical_memory", lambda: 3 * need)
     assert D.cache_fits(datasets)
-    pages["SC_PHYS_PAGES"] = 3 * need - 3
+    monkeypatch.setattr(D, "physical_memory", lambda: 3 * need - 3)
     assert not D.cache_fits(datasets)
 
 
