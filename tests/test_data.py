@@ -242,3 +242,17 @@ def test_the_augmentation_figure_shows_the_prepared_square_and_each_epoch(flat_r
     assert [ax.get_title() for ax in fig.axes] == ["prepared (kept)", "epoch 1", "epoch 2", "epoch 3"]
     assert all(a.shape == (32, 32, 3) and 0 <= a.min() and a.max() <= 1 for a in shown)
     assert not np.allclose(shown[1], shown[2])  # a new crop every epoch
+
+
+def test_the_cache_reaches_spawned_workers(flat_root, copy_of):
+    """Windows and macOS start workers with spawn: the cached dataset is pickled to them (its tensor
+    through shared memory) and must give the same batches as in the main process, without the files."""
+    from torch.utils.data import DataLoader
+    root = copy_of(flat_root)
+    ds = _datasets(root)["validation"]
+    ds.cache_in_memory(num_workers=0, progress=False)
+    for image in [f for f in root.rglob("*") if f.is_file()]:
+        image.unlink()
+    here = [x for x, _ in DataLoader(ds, batch_size=8)]
+    spawned = [x for x, _ in DataLoader(ds, batch_size=8, num_workers=1, multiprocessing_context="spawn")]
+    assert len(here) == len(spawned) and all(torch.equal(a, b) for a, b in zip(here, spawned))
