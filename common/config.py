@@ -74,7 +74,7 @@ class Config:
     num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick for this machine"))
     precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
     channels_last: str = field(default="auto", **_help("auto (on with CUDA) | 1 | 0: NHWC memory layout for the convolutions"))
-    cache_images: str = field(default="auto", **_help("auto (when the decoded images fit in a third of the memory) | 1 | 0: decode each image once into memory, later epochs only augment"))
+    cache_images: str = field(default="auto", **_help("auto (when the decoded images fit in a third of the free memory) | 1 | 0: decode each image once into memory, later epochs only augment"))
     resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
     drop_duplicates: int = field(default=0, **_help("1: drop evaluation copies of images that also occur in train"))
     deterministic: int = field(default=0, **_help("1: ask for repeatable kernels (warn where none exist; slower on GPU)"))

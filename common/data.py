@@ -325,15 +325,16 @@ class _Prepared(Dataset):
         return self.dataset.prepared(index)
 
 
-def physical_memory() -> int:
-    """This machine's memory in bytes (psutil: the same answer on Linux, macOS and Windows)."""
+def available_memory() -> int:
+    """Memory free for new allocations, in bytes (psutil: the same on Linux, macOS and Windows). Free,
+    not total: a second notebook's kernel holding its own cache leaves less for this one."""
     import psutil
-    return psutil.virtual_memory().total
+    return psutil.virtual_memory().available
 
 
 def cache_fits(datasets: dict[str, ImageListDataset], share: float = 1 / 3) -> bool:
-    """Whether the decoded images of every split fit in ``share`` of this machine's memory."""
-    return sum(ds.cache_bytes() for ds in datasets.values()) <= share * physical_memory()
+    """Whether the decoded images of every split fit in ``share`` of the free memory."""
+    return sum(ds.cache_bytes() for ds in datasets.values()) <= share * available_memory()
 
 
 def make_datasets(manifest: pd.DataFrame, transforms: dict, seed: int = 0) -> dict[str, ImageListDataset]:

@@ -126,7 +126,7 @@ def cache_decoded_images(cfg: Config, data: DataBundle) -> None:
     if cfg.cache_images == "0":
         return
     if cfg.cache_images == "auto" and not data_mod.cache_fits(data.datasets):
-        print("Decode-once cache off: the decoded images would take more than a third of this machine's memory.")
+        print("Decode-once cache off: the decoded images would take more than a third of the free memory.")
         return
     size = sum(ds.cache_bytes() for ds in datasets)
     print(f"Decoding {sum(len(ds) for ds in datasets)} images once into memory ({size / 2**30:.2f} GB); "
