@@ -180,6 +180,11 @@ def pick_device(preference: str = "auto") -> torch.device:
 def resolve_precision(choice: str, device: torch.device) -> str:
     """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
     because bf16 emulated on a CPU without native support is several times slower."""
+    if choice == "fp16" and device.type == "cpu":
+        # Lightning runs "16-mixed" on the CPU as bf16 (with a warning); doing the same in every engine keeps
+        # the three computing one thing.
+        print("TL_PRECISION=fp16 is for CUDA GPUs: on the CPU every engine uses bf16 instead (as Lightning does).")
+        return "bf16"
     if choice != "auto":
         return choice
     if device.type != "cuda":

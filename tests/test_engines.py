@@ -44,3 +44,15 @@ def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, 
     drifted = {(e, i): load_run(run_dir(runs, "demo", e, i)).history for e in ("plain", "ignite") for i in INITS}
     with pytest.raises(AssertionError, match="ignite / .*differs from the plain loop"):
         assert_engines_agree(drifted)
+
+
+def test_engines_agree_in_mixed_precision_and_channels_last(tmp_path):
+    """The autocast and channels_last paths of every engine, run on the CPU. fp16 is asked for: on the CPU
+    Lightning runs it as bf16, so every engine must do the same or the engines stop agreeing."""
+    env = dict(tiny_env(tmp_path), TL_PRECISION="fp16", TL_CHANNELS_LAST="1")
+    for name in ENGINE_NOTEBOOKS.values():
+        run_notebook(name, env)
+    runs = {(e, i): load_run(run_dir(tmp_path / "runs", "demo", e, i)) for e in ENGINE_NOTEBOOKS for i in INITS}
+    assert {r.meta["precision"] for r in runs.values()} == {"bf16"}
+    table = assert_engines_agree({k: r.history for k, r in runs.items()})
+    assert table["agrees"].all()

@@ -17,6 +17,8 @@ def test_precision_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert C.resolve_precision("auto", cuda) == "fp16"  # T4 (Colab, Kaggle free GPUs): with a gradient scaler
     assert C.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
+    assert C.resolve_precision("fp16", cpu) == "bf16"  # ... except fp16 on the CPU, which Lightning runs as bf16
+    assert C.resolve_precision("fp16", cuda) == "fp16"
     assert C.resolve_channels_last("auto", cuda) and not C.resolve_channels_last("auto", cpu)
     assert C.resolve_channels_last("1", cpu)
 
