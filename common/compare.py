@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import INITS, load_run, run_dir
+from .records import ENGINES, INITS, find_runs
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
 TOLERANCE = 0.005  # 0.5 % relative
@@ -33,21 +33,13 @@ def agreement_table(histories: dict[tuple[str, str], pd.DataFrame], reference: s
     return pd.DataFrame(rows)
 
 
-def engine_agreement(runs_dir: Path, dataset: str, engines=("plain", "ignite", "lightning"),
-                     inits=INITS) -> pd.DataFrame:
+def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES) -> pd.DataFrame:
     """The agreement table for the run records present on disk (missing ones are skipped, with a note)."""
-    histories, missing = {}, []
-    for engine in engines:
-        for init in inits:
-            folder = run_dir(runs_dir, dataset, engine, init)
-            if (folder / "meta.json").is_file():
-                run = load_run(folder)
-                histories[(engine, init)] = run.history
-            else:
-                missing.append(f"{engine}-{init}")
+    runs = {key: run for key, run in find_runs(runs_dir, dataset).items() if key[0] in engines}
+    missing = [f"{engine}-{init}" for engine in engines for init in INITS if (engine, init) not in runs]
     if missing:
         print(f"Not compared (no run record yet): {', '.join(missing)}")
-    return agreement_table(histories)
+    return agreement_table({key: run.history for key, run in runs.items()})
 
 
 def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], tolerance: float = TOLERANCE) -> pd.DataFrame:

@@ -92,7 +92,8 @@ class Config:
         if self.num_workers is None:
             self.num_workers = default_num_workers()
         for name, allowed in _CHOICES.items():
-            value = _SWITCH_WORDS.get(str(getattr(self, name)).strip().lower(), str(getattr(self, name)).strip().lower())
+            text = str(getattr(self, name)).strip().lower()
+            value = _SWITCH_WORDS.get(text, text)
             if value not in allowed:
                 raise ValueError(f"TL_{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}: "
                                  f"{CONFIG_HELP[name]}")
@@ -105,7 +106,7 @@ class Config:
 
     def show(self) -> None:
         """Print the configuration, marking values that came from the environment."""
-        print(f"Configuration (override any field with TL_<FIELD>, e.g. TL_BUDGET=smoke):")
+        print("Configuration (override any field with TL_<FIELD>, e.g. TL_BUDGET=smoke):")
         for f in fields(self):
             source = "  <- env" if f"TL_{f.name.upper()}" in os.environ else ""
             print(f"  {f.name:<22} {getattr(self, f.name)!s:<28}{source}")
@@ -158,6 +159,23 @@ def auto_budget() -> str:
     return "full" if torch.cuda.is_available() else "cpu"
 
 
+KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts a notebook's attached datasets and models
+_SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "testing")
+
+
+def walk_kaggle_input(max_depth: int = 6):
+    """(folder, file names) under Kaggle's attached inputs, however deep Kaggle mounted them (newer
+    mounts nest as datasets/<owner>/<slug>/versions/<n>), never descending into split folders:
+    listing the 21,000 images of an attached dataset would take a while."""
+    if not KAGGLE_INPUT.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(KAGGLE_INPUT):
+        here = Path(dirpath)
+        yield here, filenames
+        depth = len(here.relative_to(KAGGLE_INPUT).parts)
+        dirnames[:] = [] if depth >= max_depth else [d for d in dirnames if d.lower() not in _SPLIT_FOLDERS]
+
+
 def detect_runtime() -> str:
     """'colab', 'kaggle' or 'local'."""
     if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
@@ -191,8 +209,11 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         return "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
+
 def resolve_channels_last(choice: str, device: torch.device) -> bool:
-    return device.type == "cuda" if choice == "auto" else choice in ("1", "true", "yes")
+    """``choice`` is already "auto", "1" or "0" (the configuration normalises it)."""
+    return device.type == "cuda" if choice == "auto" else choice == "1"
+
 
 def default_num_workers() -> int:
     """Workers that help without oversubscribing: leave one core for the training process.

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from .records import write_text_atomic
-from .scan import open_rgb
+from .scan import FINDING_COLUMNS, cross_split_duplicates, open_rgb, scan_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "validation", "test")
@@ -132,9 +132,6 @@ def build_split(root: Path, seed: int, val_fraction: float = 0.15, test_fraction
 
 
 def _scan_findings(root: Path) -> pd.DataFrame:
-    from .scan import FINDING_COLUMNS, scan_folder
-
-
     images = sorted(p for p in root.rglob("*") if _is_image(p))
     skipped = pd.DataFrame([dict(path=p.relative_to(root).as_posix(), finding="not an image file", action="skipped",
                                  detail="") for p in non_image_files(root)], columns=FINDING_COLUMNS)
@@ -178,8 +175,6 @@ def load_or_make_split(root: Path, manifest_path: Path, seed: int, val_fraction:
     manifest = build_split(root, seed, val_fraction, test_fraction)
     check_disjoint(manifest)
     manifest.attrs["root"] = settings["root"]
-    from .scan import cross_split_duplicates
-
     manifest.attrs["duplicates"] = cross_split_duplicates(manifest, Path(settings["root"])).to_dict("records")
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(manifest_path, manifest.to_csv(index=False))

@@ -7,7 +7,6 @@ network with random weights and everything trainable.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from .config import loud
+from .config import KAGGLE_INPUT, loud, walk_kaggle_input
 
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
 # The file torchvision downloads for IMAGENET_WEIGHTS (under torch.hub.get_dir()/checkpoints/).
@@ -84,20 +83,9 @@ def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tup
     return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
 
 
-KAGGLE_INPUT = Path("/kaggle/input")
-
-
-def find_attached_weights(base: Path | None = None, max_depth: int = 5) -> Path | None:
+def find_attached_weights() -> Path | None:
     """``resnet50-11ad3fa6.pth`` attached to a Kaggle notebook, wherever it is mounted."""
-    base = Path(base or KAGGLE_INPUT)
-    if not base.is_dir():
-        return None
-    for dirpath, dirnames, filenames in os.walk(base):
-        if IMAGENET_FILE in filenames:
-            return Path(dirpath) / IMAGENET_FILE
-        if len(Path(dirpath).relative_to(base).parts) >= max_depth:
-            dirnames[:] = []
-    return None
+    return next((folder / IMAGENET_FILE for folder, files in walk_kaggle_input() if IMAGENET_FILE in files), None)
 
 
 def load_weights_file(path: Path) -> nn.Module:

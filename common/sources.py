@@ -8,17 +8,15 @@ nothing that looks complete, and their leftovers are cleaned on the next try.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archives import download_url, remove_stale_partials, safe_extract
-from .config import Config, detect_runtime, loud
+from .config import KAGGLE_INPUT, Config, detect_runtime, loud, walk_kaggle_input
 from .data import DatasetError, detect_layout, scan_classes
 from .demo_data import make_demo_dataset
 
-KAGGLE_INPUT = Path("/kaggle/input")
 STAMP = ".complete.json"
 
 
@@ -87,19 +85,11 @@ def verify_dataset(root: Path, spec: RemoteDataset) -> dict:
     return found
 
 
-def find_in_kaggle_input(spec: RemoteDataset, base: Path | None = None, max_depth: int = 6) -> Path | None:
+def find_in_kaggle_input(spec: RemoteDataset) -> Path | None:
     """An attached copy under ``/kaggle/input``, wherever Kaggle mounted it (read in place, never copied)."""
-    base = Path(base or KAGGLE_INPUT)
-    if not spec.kaggle_input_marker or not base.is_dir():
+    if not spec.kaggle_input_marker:
         return None
-    for dirpath, dirnames, _ in os.walk(base):
-        here = Path(dirpath)
-        if here.name == spec.kaggle_input_marker:
-            return here
-        depth = len(here.relative_to(base).parts)
-        # never walk into the image folders themselves: 21,000 files are slow to list
-        dirnames[:] = [] if depth >= max_depth else [d for d in dirnames if d.lower() not in ("train", "validation", "val", "test")]
-    return None
+    return next((folder for folder, _ in walk_kaggle_input() if folder.name == spec.kaggle_input_marker), None)
 
 
 # ------------------------------------------------------------------ fetching

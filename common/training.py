@@ -121,9 +121,7 @@ def cache_decoded_images(cfg: Config, data: DataBundle) -> None:
     Decoding JPEGs is most of the input pipeline's work; with the cache each later epoch only crops,
     flips and normalises uint8 tensors. Done once per notebook: the first run pays, the next reuse it."""
     datasets = list(data.datasets.values())
-    if all(ds.cache is not None for ds in datasets):
-        return
-    if cfg.cache_images == "0":
+    if cfg.cache_images == "0" or all(ds.cache is not None for ds in datasets):
         return
     if cfg.cache_images == "auto" and not data_mod.cache_fits(data.datasets):
         print("Decode-once cache off: the decoded images would take more than a third of the free memory.")

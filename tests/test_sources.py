@@ -14,6 +14,7 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
+from common import config as C
 from common import kaggle_data as K
 from common import model as M
 from common import sources as S
@@ -189,7 +190,7 @@ def test_a_hand_unpacked_copy_is_checked(presplit_root, tmp_path):
 def test_an_attached_copy_under_kaggle_input_is_read_in_place(presplit_root, tmp_path, monkeypatch):
     mount = tmp_path / "kaggle_input" / "datasets" / "misrakahmed" / "vegetable-image-dataset" / "versions" / "1"
     shutil.copytree(presplit_root, mount / "Vegetable Images")
-    monkeypatch.setattr(S, "KAGGLE_INPUT", tmp_path / "kaggle_input")
+    monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "kaggle_input")
     cfg = load_config(budget="smoke", dataset="vegetables", data_dir=tmp_path / "data")
     monkeypatch.setattr(S, "VEGETABLES", small_vegetables(presplit_root))
     monkeypatch.setitem(S.REMOTE, "vegetables", small_vegetables(presplit_root))
@@ -242,7 +243,7 @@ def test_any_folder_works_and_a_wrong_one_is_explained(flat_root, tmp_path):
 
 
 def test_auto_falls_back_to_demo_data_loudly_off_platform(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(S, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "no_kaggle")
     cfg = load_config(budget="smoke", dataset="auto", data_dir=tmp_path / "data", demo_images_per_class=4)
     with pytest.warns(UserWarning, match="FALLBACK"):
         source = S.resolve_dataset(cfg)
@@ -255,7 +256,7 @@ def test_auto_falls_back_to_demo_data_loudly_off_platform(tmp_path, monkeypatch,
 
 def test_imagenet_weights_come_from_the_hub_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(M, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "no_kaggle")
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     reference = resnet50(weights=None)
@@ -268,14 +269,14 @@ def test_imagenet_weights_attached_on_kaggle_are_found(tmp_path, monkeypatch):
     attached = tmp_path / "kaggle_input" / "models" / "resnet50" / "pytorch"
     attached.mkdir(parents=True)
     torch.save(resnet50(weights=None).state_dict(), attached / M.IMAGENET_FILE)
-    monkeypatch.setattr(M, "KAGGLE_INPUT", tmp_path / "kaggle_input")
+    monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "kaggle_input")
     _, info = M.load_backbone("auto")
     assert info.source.startswith("imagenet (file:") and info.fallback is None
 
 
 def test_a_weights_download_goes_to_data_weights_not_the_home_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(M, "KAGGLE_INPUT", tmp_path / "no_kaggle")
+    monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "no_kaggle")
     seen = {}
 
     def fake_download(url, model_dir=None, **kwargs):  # the network boundary of torchvision's weights

@@ -1,5 +1,4 @@
 """The speed-ups are chosen per device and change nothing but speed."""
-import pytest
 import torch
 
 from common import config as C
