@@ -79,7 +79,7 @@ def tensors_only_epoch(cfg, data, init: str, epochs: int) -> float:
     import torch
     from common.training import start_run
 
-    run = start_run(dataclasses.replace(cfg, cache_images="0"), data, "bench", init)  # no loader is used here
+    run = start_run(dataclasses.replace(cfg, cache_images=False), data, "bench", init)  # no loader is used here
     n_train = len(run.loaders["train"]) * cfg.batch_size
     n_val = len(data.datasets["validation"])
     x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=run.device)
@@ -112,11 +112,11 @@ def loader_only_epoch(cfg, data, epochs: int) -> float:
     """The input pipeline alone: one epoch of the training and validation loaders, batches copied
     to the device, no model. Its images/s is the most any training loop can reach with this loader."""
     import torch
-    from common import data as data_mod
-    from common.config import pick_device
+    from common.datasets import make_loaders
+    from common.runtime import pick_device
 
     device = pick_device(cfg.device)
-    loaders = data_mod.make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda")
+    loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda")
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
@@ -134,10 +134,10 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from common.config import load_config, pick_device, resolve_channels_last, resolve_precision
-    from common.data import cache_fits
-    from common.records import load_run, run_dir
-    from common.training import prepare_data
+    from common.config import load_config
+    from common.datasets import cache_fits, prepare_data
+    from common.records import RunRecord
+    from common.runtime import pick_device, resolve_channels_last, resolve_precision
 
     work = Path(tempfile.mkdtemp(prefix="tl-speed-"))
     root = synthetic_dataset(work, args.images_per_class) if args.dataset == "synthetic" else args.dataset
@@ -168,7 +168,7 @@ def main() -> None:
     rows = []
     for init in ("transfer", "scratch"):
         for engine, which, is_cached in [*((e, "default", cached) for e in engines), ("plain", "other", not cached)]:
-            epochs = [steady(load_run(run_dir(work / f"runs-{r}" / which, data.source.name, engine, init)).history["epoch_seconds"])
+            epochs = [steady(RunRecord.at(work / f"runs-{r}" / which, data.source.name, engine, init).history["epoch_seconds"])
                       for r in range(args.repeats)]
             rows.append(dict(init=init, engine=engine, loader=label[is_cached], epoch_s=statistics.median(epochs)))
         rows.append(dict(init=init, engine="plain", loader="tensors only",

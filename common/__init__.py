@@ -1,19 +1,21 @@
-"""Shared code for the transfer-learning tutorial notebooks.
+"""Shared code for the transfer-learning tutorial notebooks, one module per role.
 
-Importing ``common`` is cheap and never imports Ignite or Lightning; the
-modules are imported where they are used:
+Importing ``common`` is cheap and never imports Ignite or Lightning; import the modules where they
+are used:
 
-* ``common.config``: the configuration (``load_config``), runtime, device, seeding;
-* ``common.demo_data``: the offline toy-vegetable dataset;
-* ``common.sources``: where a dataset comes from (demo, Kaggle vegetables, a folder);
-* ``common.data``: layouts, the seeded split and its manifest, transforms, loaders;
-* ``common.model``: the modified ResNet50 and its weights;
-* ``common.training``: what every engine shares (start and finish of a run);
-* ``common.resume``: resume points, so an interrupted run continues where it stopped;
-* ``common.scan``: checking image files; ``common.archives``, ``common.kaggle_data``: fetching data;
-* ``common.compare``: do the engines agree?
-* ``common.evaluation``: predictions and metrics;
-* ``common.records``: the run-record schema;
-* ``common.plots``: figures.
+* ``config``: the configuration (``load_config``), read in one place;
+* ``runtime``: platform, device, precision, workers, seeding, library versions, the loud banner;
+* ``io``: atomic writes, folders swapped in once, disk-full messages;
+* ``sources``: where a dataset comes from (demo, Kaggle, a folder); ``demo_data``, ``archives``,
+  ``kaggle_data``: making or fetching it; ``scan``: checking its files;
+* ``split``: layouts, the seeded split and its ``Manifest``;
+* ``datasets``: the data as trained (``prepare_data``), transforms, the decode-once cache, loaders;
+* ``model``: the modified ResNet50 and its weights;
+* ``training``: what every engine shares at the start and end of a run (``TrainingRun``);
+* ``resume``: resume points, so an interrupted run continues where it stopped;
+* ``records``: the run record (``RunRecord``, ``RunMeta``);
+* ``evaluation``: predictions and the metrics computed from them;
+* ``compare``: comparisons across run records, engine agreement;
+* ``plots``: figures.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Downloading files and unpacking archives safely.
+"""Fetching: downloading files and unpacking archives safely.
 
 Nothing half-done ever looks complete: downloads stream into ``<name>.part`` and
 are renamed when finished; archives are checked member by member before anything
@@ -6,14 +6,15 @@ is written, unpacked into a temporary sibling folder, and only then moved into p
 """
 from __future__ import annotations
 
-import errno
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+
+
+from .io import disk_full_message, folder_swapped_in, is_disk_full
 
 
 class DownloadError(RuntimeError):
@@ -22,12 +23,6 @@ class DownloadError(RuntimeError):
 
 class UnsafeArchiveError(ValueError):
     """An archive member would land outside the target folder, or is a link or device."""
-
-
-def disk_full_message(folder: Path) -> str:
-    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**30
-    return (f"The disk holding {folder} is full ({free:.1f} GiB free). Free some space, or point "
-            f"TL_DATA_DIR at a larger disk, and run again.")
 
 
 def download_url(url: str, dest: Path, timeout: float = 60) -> Path:
@@ -53,7 +48,7 @@ def download_url(url: str, dest: Path, timeout: float = 60) -> Path:
                             "Settings > Internet on), or download the file by hand and put it at "
                             f"{dest}.") from exc
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise DownloadError(disk_full_message(dest.parent)) from exc
         raise
     finally:
@@ -97,27 +92,21 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     """
     archive, dest = Path(archive), Path(dest)
     check_archive(archive)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-        else:
-            with tarfile.open(archive) as tf:
-                # The "data" filter (Python 3.11.4+) is a second guard behind check_archive.
-                tf.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        with folder_swapped_in(dest) as tmp:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+            else:
+                with tarfile.open(archive) as tf:
+                    # The "data" filter (Python 3.11.4+) is a second guard behind check_archive.
+                    tf.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise DownloadError(f"{archive} is damaged (probably a partial download). Delete it and run again.") from exc
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise DownloadError(disk_full_message(dest.parent)) from exc
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

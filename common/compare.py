@@ -1,4 +1,4 @@
-"""Do the engines agree? Compare their run records epoch by epoch against the plain loop."""
+"""Comparisons across run records: summary tables, speed ratios, time to a target, and whether the engines agree."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import ENGINES, INITS, find_runs
+from .records import ENGINES, INITS, RunRecord, find_records
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
 TOLERANCE = 0.005  # 0.5 % relative
@@ -35,11 +35,11 @@ def agreement_table(histories: dict[tuple[str, str], pd.DataFrame], reference: s
 
 def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES) -> pd.DataFrame:
     """The agreement table for the run records present on disk (missing ones are skipped, with a note)."""
-    runs = {key: run for key, run in find_runs(runs_dir, dataset).items() if key[0] in engines}
-    missing = [f"{engine}-{init}" for engine in engines for init in INITS if (engine, init) not in runs]
+    records = {key: record for key, record in find_records(runs_dir, dataset).items() if key[0] in engines}
+    missing = [f"{engine}-{init}" for engine in engines for init in INITS if (engine, init) not in records]
     if missing:
         print(f"Not compared (no run record yet): {', '.join(missing)}")
-    return agreement_table({key: run.history for key, run in runs.items()})
+    return agreement_table({key: record.history for key, record in records.items()})
 
 
 def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], tolerance: float = TOLERANCE) -> pd.DataFrame:
@@ -53,3 +53,36 @@ def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], toleran
                 raise AssertionError(f"{row['engine']} / {row['init']}: {metric} differs from the plain loop by "
                                      f"{row[metric]:.3%} (tolerance {tolerance:.1%})\n{table.to_string()}")
     return table
+
+
+def time_to_target(history: pd.DataFrame, target: float) -> float | None:
+    """Wall seconds of training until validation accuracy first reaches ``target`` (None if never)."""
+    reached = history.index[history["val_acc"] >= target]
+    if len(reached) == 0:
+        return None
+    return float(history["epoch_seconds"].loc[: reached[0]].sum())
+
+
+def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
+    """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
+
+    ``records`` maps (engine, init) to :class:`common.records.RunRecord`."""
+    rows = []
+    for (engine, init), record in records.items():
+        h, m = record.history, record.meta
+        rows.append({"engine": engine, "init": init, "test_acc": m.test_acc, f"test_top{m.top_k}": m.test_topk_acc,
+                     "best_val_acc": float(h["val_acc"].max()), "best_epoch": m.best_epoch, "epochs": len(h),
+                     "mean_epoch_s": float(h["epoch_seconds"].mean()), "trainable_params": m.parameters["trainable"],
+                     "weights": m.weights_source})
+    return pd.DataFrame(rows).set_index(["engine", "init"])
+
+
+def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
+    """Per engine: mean transfer epoch time over mean scratch epoch time (below 1: transfer is faster)."""
+    rows = []
+    for engine in dict.fromkeys(e for e, _ in records):
+        if (engine, "transfer") in records and (engine, "scratch") in records:
+            t = records[(engine, "transfer")].history["epoch_seconds"].mean()
+            s = records[(engine, "scratch")].history["epoch_seconds"].mean()
+            rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
+    return pd.DataFrame(rows)

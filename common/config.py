@@ -1,23 +1,25 @@
-"""One typed configuration for the whole suite, read in exactly one place.
+"""The configuration: one typed object for the whole suite, read in exactly one place.
 
 Every field can be overridden by an environment variable named ``TL_<FIELD>``
-(for example ``TL_BUDGET=smoke`` or ``TL_EPOCHS=3``). The budget switch
-``TL_BUDGET`` picks a preset for everything that decides how much work a run
-does; explicit overrides win over the preset.
+(for example ``TL_BUDGET=smoke`` or ``TL_EPOCHS=3``), or in a notebook by
+``load_config(epochs=3)``. The budget switch picks a preset for everything that
+decides how much work a run does; explicit values win over the preset.
+
+Switches are booleans (``TL_RESUME=0``, ``load_config(resume=False)``; the words
+1/0, true/false, yes/no, on/off all work). A switch with an automatic choice takes
+``auto`` too, held as ``None`` and shown as ``auto``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import platform
-import random
-import sys
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from .runtime import default_num_workers, detect_runtime, pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,11 +75,11 @@ class Config:
     demo_images_per_class: int = field(default=FROM_BUDGET, **_help("size of the offline demo dataset (from the budget)"))
     num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick for this machine"))
     precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
-    channels_last: str = field(default="auto", **_help("auto (on with CUDA) | 1 | 0: NHWC memory layout for the convolutions"))
-    cache_images: str = field(default="auto", **_help("auto (when the decoded images fit in a third of the free memory) | 1 | 0: decode each image once into memory, later epochs only augment"))
-    resume: int = field(default=1, **_help("1: continue an interrupted run from its last complete epoch; 0: start over"))
-    drop_duplicates: int = field(default=0, **_help("1: drop evaluation copies of images that also occur in train"))
-    deterministic: int = field(default=0, **_help("1: ask for repeatable kernels (warn where none exist; slower on GPU)"))
+    channels_last: bool | None = field(default=None, **_help("auto (on with CUDA) | on | off: NHWC memory layout for the convolutions"))
+    cache_images: bool | None = field(default=None, **_help("auto (when the decoded images fit in a third of the free memory) | on | off: decode each image once into memory, later epochs only augment"))
+    resume: bool = field(default=True, **_help("on: continue an interrupted run from its last complete epoch; off: start over"))
+    drop_duplicates: bool = field(default=False, **_help("on: drop evaluation copies of images that also occur in train"))
+    deterministic: bool = field(default=False, **_help("on: ask for repeatable kernels (warn where none exist; slower on GPU)"))
     early_stopping: int = field(default=0, **_help("stop after this many epochs without a better validation accuracy (0: off)"))
     top_k: int = field(default=5, **_help("how many class probabilities each test prediction keeps"))
 
@@ -91,13 +93,11 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers is None:
             self.num_workers = default_num_workers()
-        for name, allowed in _CHOICES.items():
-            text = str(getattr(self, name)).strip().lower()
-            value = _SWITCH_WORDS.get(text, text)
-            if value not in allowed:
-                raise ValueError(f"TL_{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}: "
-                                 f"{CONFIG_HELP[name]}")
-            setattr(self, name, value)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TL_PRECISION={self.precision!r} is not one of {', '.join(PRECISIONS)}: {CONFIG_HELP['precision']}")
+        for f in fields(self):
+            if _is_switch(f):
+                setattr(self, f.name, parse_switch(getattr(self, f.name), f))
         self.data_dir, self.runs_dir = Path(self.data_dir), Path(self.runs_dir)
 
     def as_dict(self) -> dict:
@@ -109,18 +109,38 @@ class Config:
         print("Configuration (override any field with TL_<FIELD>, e.g. TL_BUDGET=smoke):")
         for f in fields(self):
             source = "  <- env" if f"TL_{f.name.upper()}" in os.environ else ""
-            print(f"  {f.name:<22} {getattr(self, f.name)!s:<28}{source}")
+            value = getattr(self, f.name)
+            shown = "auto" if value is None and _is_switch(f) else value
+            print(f"  {f.name:<22} {shown!s:<28}{source}")
         print(f"  runtime: {detect_runtime()}, device: {pick_device(self.device)}, python {platform.python_version()}")
 
 
-_CHOICES = {"precision": ("auto", "fp32", "bf16", "fp16"), "channels_last": ("auto", "1", "0"),
-            "cache_images": ("auto", "1", "0")}
-_SWITCH_WORDS = {"true": "1", "yes": "1", "on": "1", "false": "0", "no": "0", "off": "0"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
+_SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _is_switch(f) -> bool:
+    return str(f.type).startswith("bool")
+
+
+def parse_switch(value, f) -> bool | None:
+    """True, False, or None (auto, only where the field has an automatic choice); a clear error otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _SWITCH_WORDS:
+        return _SWITCH_WORDS[text]
+    if text in ("auto", "none") and "None" in str(f.type):
+        return None
+    allowed = "on, off" + (", auto" if "None" in str(f.type) else "")
+    raise ValueError(f"TL_{f.name.upper()}={value!r} is not one of {allowed}: {f.metadata['help']}")
 
 
 def _parse(text: str, kind) -> object:
     kind = str(kind)
+    if kind.startswith("bool"):
+        return text  # parse_switch reads it, with a clear error for a wrong word
     if text.strip().lower() in ("", "none") and "None" in kind:
         return None
     if "int" in kind:
@@ -146,87 +166,7 @@ def load_config(**overrides) -> Config:
     return Config(**values)
 
 
-def loud(message: str) -> None:
-    """Print a banner no one can miss, and raise a warning for logs."""
-    bar = "!" * 78
-    print(f"{bar}\n{message}\n{bar}", flush=True)
-    warnings.warn(message.splitlines()[0], stacklevel=2)
-
-
 def auto_budget() -> str:
     if os.environ.get("CI"):
         return "smoke"
     return "full" if torch.cuda.is_available() else "cpu"
-
-
-KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts a notebook's attached datasets and models
-_SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "testing")
-
-
-def walk_kaggle_input(max_depth: int = 6):
-    """(folder, file names) under Kaggle's attached inputs, however deep Kaggle mounted them (newer
-    mounts nest as datasets/<owner>/<slug>/versions/<n>), never descending into split folders:
-    listing the 21,000 images of an attached dataset would take a while."""
-    if not KAGGLE_INPUT.is_dir():
-        return
-    for dirpath, dirnames, filenames in os.walk(KAGGLE_INPUT):
-        here = Path(dirpath)
-        yield here, filenames
-        depth = len(here.relative_to(KAGGLE_INPUT).parts)
-        dirnames[:] = [] if depth >= max_depth else [d for d in dirnames if d.lower() not in _SPLIT_FOLDERS]
-
-
-def detect_runtime() -> str:
-    """'colab', 'kaggle' or 'local'."""
-    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
-        return "colab"
-    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or Path("/kaggle/working").is_dir():
-        return "kaggle"
-    return "local"
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_precision(choice: str, device: torch.device) -> str:
-    """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
-    because bf16 emulated on a CPU without native support is several times slower."""
-    if choice == "fp16" and device.type == "cpu":
-        # Lightning runs "16-mixed" on the CPU as bf16 (with a warning); doing the same in every engine keeps
-        # the three computing one thing.
-        print("TL_PRECISION=fp16 is for CUDA GPUs: on the CPU every engine uses bf16 instead (as Lightning does).")
-        return "bf16"
-    if choice != "auto":
-        return choice
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def resolve_channels_last(choice: str, device: torch.device) -> bool:
-    """``choice`` is already "auto", "1" or "0" (the configuration normalises it)."""
-    return device.type == "cuda" if choice == "auto" else choice == "1"
-
-
-def default_num_workers() -> int:
-    """Workers that help without oversubscribing: leave one core for the training process.
-
-    Safe under spawn (Windows, macOS) because the datasets and transforms live in
-    importable modules of ``common``.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 1))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so that a run can be repeated."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

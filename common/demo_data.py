@@ -1,4 +1,4 @@
-"""An offline demo dataset: toy vegetables drawn procedurally.
+"""The offline demo dataset: toy vegetables drawn procedurally.
 
 Six classes that differ in shape, colour and texture, drawn on random
 backgrounds at random positions, scales and rotations, with noise, so the task
@@ -8,12 +8,12 @@ notebook runs anywhere without a download; it is NOT the real dataset.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .io import folder_swapped_in
 
 CLASSES = ("broccoli", "carrot", "cucumber", "eggplant", "pumpkin", "tomato")
 _CANVAS = 128  # each vegetable is drawn on a canvas this size, then placed
@@ -122,11 +122,8 @@ def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, s
     stamp_file = root / "dataset.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Draw into a temporary sibling, then swap it in: an interrupted run never
-    # leaves a folder that looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    # Drawn into a temporary sibling, then swapped in: an interrupted run never leaves a folder that looks complete.
+    with folder_swapped_in(root) as tmp:
         for ci, name in enumerate(classes):
             rng = np.random.default_rng([seed, ci])
             for i in range(images_per_class):
@@ -136,12 +133,6 @@ def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, s
                 drawing = name if name in _DRAWERS else CLASSES[ci % len(CLASSES)]  # more classes reuse the drawings
                 draw_vegetable(drawing, rng, image_size).save(folder / f"{name}_{i:04d}.jpg", quality=90)
         (tmp / "dataset.json").write_text(json.dumps(stamp, indent=1))
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

@@ -1,4 +1,4 @@
-"""Predictions and the metrics computed from them (scikit-learn does the counting)."""
+"""Evaluation: a model's predictions, and the metrics computed from them (scikit-learn does the counting)."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,39 +59,6 @@ def prediction_topk_accuracy(predictions: pd.DataFrame, k: int) -> float:
     """Top-k accuracy from a predictions table (its top-k columns)."""
     cols = [c for c in predictions.columns if c.startswith("top") and c.endswith("_class")][:k]
     return float(predictions[cols].eq(predictions["true"], axis=0).any(axis=1).mean())
-
-
-def time_to_target(history: pd.DataFrame, target: float) -> float | None:
-    """Wall seconds of training until validation accuracy first reaches ``target`` (None if never)."""
-    reached = history.index[history["val_acc"] >= target]
-    if len(reached) == 0:
-        return None
-    return float(history["epoch_seconds"].loc[: reached[0]].sum())
-
-
-def summary_table(runs: dict) -> pd.DataFrame:
-    """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
-
-    ``runs`` maps (engine, init) to :class:`common.records.Run`."""
-    rows = []
-    for (engine, init), run in sorted(runs.items()):
-        h, m = run.history, run.meta
-        rows.append(dict(engine=engine, init=init, test_acc=m["test_acc"], test_top5=m["test_top5"],
-                         best_val_acc=float(h["val_acc"].max()), best_epoch=m["best_epoch"], epochs=len(h),
-                         mean_epoch_s=float(h["epoch_seconds"].mean()), trainable_params=m["parameters"]["trainable"],
-                         weights=m["weights_source"]))
-    return pd.DataFrame(rows).set_index(["engine", "init"])
-
-
-def speed_ratios(runs: dict) -> pd.DataFrame:
-    """Per engine: mean transfer epoch time over mean scratch epoch time (below 1: transfer is faster)."""
-    rows = []
-    for engine in sorted({e for e, _ in runs}):
-        if (engine, "transfer") in runs and (engine, "scratch") in runs:
-            t = runs[(engine, "transfer")].history["epoch_seconds"].mean()
-            s = runs[(engine, "scratch")].history["epoch_seconds"].mean()
-            rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
-    return pd.DataFrame(rows)
 
 
 def per_class_accuracy(predictions: pd.DataFrame, train_counts: pd.Series) -> pd.DataFrame:

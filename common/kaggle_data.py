@@ -1,4 +1,4 @@
-"""Kaggle credentials and downloads, with errors that say what to do.
+"""Kaggle: credentials and downloads, with errors that say what to do.
 
 The ``kaggle`` package authenticates when it is imported (and prints a long
 sign-up text when it can't), so it is imported only inside
@@ -8,14 +8,14 @@ Credentials are never printed, logged or written into run records.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
 import sys
 from pathlib import Path
 
-from .archives import DownloadError, disk_full_message
+from .archives import DownloadError
+from .io import disk_full_message, is_disk_full, write_atomic
 
 
 class KaggleCredentialsError(RuntimeError):
@@ -97,12 +97,11 @@ def save_kaggle_json(username: str, key: str, folder: Path | None = None) -> Pat
     """Write ``kaggle.json`` readable by its owner only (mode 600), atomically."""
     folder = Path(folder) if folder else kaggle_config_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path, tmp = folder / "kaggle.json", folder / ".kaggle.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"username": username, "key": key}, handle)
-    os.replace(tmp, path)
-    return path
+    def write_private(tmp: Path) -> None:  # created readable by its owner only, never widened
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            json.dump({"username": username, "key": key}, handle)
+
+    return write_atomic(folder / "kaggle.json", write_private)
 
 
 def _client():
@@ -151,7 +150,7 @@ def download_kaggle_dataset(slug: str, folder: Path) -> Path:
         raise DownloadError("Could not reach Kaggle: no network? (On a Kaggle notebook: Settings > Internet on, "
                             "or attach the dataset with 'Add Input' instead.)") from exc
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if is_disk_full(exc):
             raise DownloadError(disk_full_message(folder)) from exc
         raise
     archive = folder / f"{slug.split('/')[-1]}.zip"

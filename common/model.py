@@ -1,4 +1,4 @@
-"""The modified ResNet50 the suite teaches, and where its weights come from.
+"""The model: the modified ResNet50 the suite teaches, and where its weights come from.
 
 Recipe: torchvision ResNet50, drop its last two children (average pool and fc),
 freeze everything except the last convolutional block ``layer4``, then add
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from .config import KAGGLE_INPUT, loud, walk_kaggle_input
+from .runtime import KAGGLE_INPUT, loud, walk_kaggle_input
 
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
 # The file torchvision downloads for IMAGENET_WEIGHTS (under torch.hub.get_dir()/checkpoints/).

@@ -1,4 +1,4 @@
-"""Figures shared by the notebooks, with one colour scheme for the whole suite."""
+"""Plots: the figures of the notebooks, with one colour and order for transfer and scratch across the suite."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,11 +21,12 @@ def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
     return path
 
 
-def label_text(meta: dict) -> str:
-    """The caption every figure carries: dataset, budget and any fallback taken."""
-    text = f"dataset: {meta.get('dataset')} | budget: {meta.get('budget')}"
-    if meta.get("fallbacks"):
-        text += " | FALLBACK: " + "; ".join(meta["fallbacks"])
+def label_text(*metas) -> str:
+    """The caption every figure carries: dataset, budget and every fallback the runs took."""
+    fallbacks = sorted({f for meta in metas for f in meta.fallbacks})
+    text = f"dataset: {metas[0].dataset} | budget: {metas[0].budget}"
+    if fallbacks:
+        text += " | FALLBACK: " + "; ".join(fallbacks)
     return text
 
 
@@ -50,13 +51,13 @@ def show_samples(dataset, class_names: list[str], per_class: int = 4, size: floa
 
 
 def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8) -> plt.Figure:
-    """One training image on its way to the model: the prepared square (decoded once, what the cache
+    """One training image on its way to the model: the decoded square (decoded once, what the cache
     keeps), then what the augmentation makes of it in successive epochs, un-normalised for display."""
     normalise = dataset.transform.augment.transforms[-1]
     mean, std = (np.asarray(v).reshape(3, 1, 1) for v in (normalise.mean, normalise.std))
-    views = [dataset.prepared(index).numpy() / 255.0]
+    views = [dataset.decoded(index).numpy() / 255.0]
     views += [dataset[epoch * len(dataset) + index][0].numpy() * std + mean for epoch in range(epochs)]
-    titles = ["prepared (kept)"] + [f"epoch {epoch + 1}" for epoch in range(epochs)]
+    titles = ["decoded (kept)"] + [f"epoch {epoch + 1}" for epoch in range(epochs)]
     fig, axes = plt.subplots(1, len(views), figsize=(len(views) * size, size * 1.15), squeeze=False)
     for ax, view, title in zip(axes[0], views, titles):
         ax.imshow(np.clip(view.transpose(1, 2, 0), 0, 1))

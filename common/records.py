@@ -1,71 +1,229 @@
-"""Run records: the one schema every engine writes and the comparison reads.
+"""The run record: the one contract between the engines, the comparison and the notebooks that use a model.
 
-A run (one dataset, one engine, one initialisation) lives in
-``runs/<dataset>/<engine>-<init>/`` and holds:
+A run (one dataset, one engine, one initialisation) lives in ``runs/<dataset>/<engine>-<init>/``.
+:class:`RunRecord` names every file in it (history, test predictions, metadata, best and last
+weights, the resume point, each engine's own folder) and reads and writes them; no other module or
+notebook spells those names. :class:`RunMeta` is the metadata, typed and versioned: a record
+written by an older version of the suite gives a clear message instead of a KeyError.
 
-* ``history.csv``: :data:`HISTORY_COLUMNS`, one row per epoch;
-* ``predictions.csv``: file, true and predicted class, top-k classes and probabilities on test;
-* ``meta.json``: configuration, dataset and split identity, classes, weights source,
-  parameter counts, device, library versions, seed, fallbacks, test metrics;
-* ``best.pt`` (chosen on validation) and ``last.pt``: model state dicts.
-
-Every file is written to a temporary name and renamed into place, so a run
-killed mid-write never leaves a file that looks complete but isn't.
+Every file is written to a temporary name and renamed into place, so a run killed mid-write
+never leaves a file that looks complete but isn't.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+
+from .io import load_state, save_state, write_csv_atomic, write_text_atomic
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 ENGINES = ("plain", "ignite", "lightning")
-INITS = ("transfer", "scratch")
+INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
+PRODUCER = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
+SCHEMA_VERSION = 2
+FIGURES = "figures"
 
 
-def run_dir(runs_dir: Path, dataset: str, engine: str, init: str) -> Path:
-    return Path(runs_dir) / dataset / f"{engine}-{init}"
+class MissingRunError(FileNotFoundError):
+    """A run record that is needed has not been written (completely) yet; the message names the notebook."""
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+class OldRecordError(ValueError):
+    """A run record written by another version of the suite; the message says how to renew it."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+@dataclass
+class RunMeta:
+    """What a run was: its settings, data, model and outcome (``meta.json``)."""
+    engine: str
+    init: str
+    dataset: str
+    dataset_root: str
+    is_demo_data: bool
+    split_fingerprint: str
+    split_manifest: str  # the split as trained (caps and duplicate drop applied)
+    class_counts: dict[str, dict[str, int]]  # split -> class -> images, as trained
+    class_names: list[str]
+    scan: dict
+    weights_source: str
+    parameters: dict[str, int]
+    device: str
+    precision: str
+    seed: int
+    budget: str
+    image_size: int
+    fallbacks: list[str]
+    config: dict
+    versions: dict[str, str]
+    started: str
+    finished: str
+    epochs_run: int
+    best_epoch: int | None
+    best_val_acc: float | None
+    test_acc: float
+    top_k: int
+    test_topk_acc: float
+    schema: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)  # anything an engine or a later lesson adds
+
+    @property
+    def random_transfer(self) -> bool:
+        """A "transfer" run that had no pretrained weights: it transferred nothing."""
+        return self.init == "transfer" and self.weights_source == "random"
+
+    def train_counts(self) -> pd.Series:
+        """Training images per class, as trained."""
+        return pd.Series(self.class_counts.get("train", {}), dtype=int).reindex(self.class_names, fill_value=0)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> "RunMeta":
+        raw = json.loads(text)
+        if raw.get("schema") != SCHEMA_VERSION:
+            engine = raw.get("engine", "")
+            raise OldRecordError(f"{source} was written by another version of the suite (schema "
+                                 f"{raw.get('schema', 1)}, this one reads {SCHEMA_VERSION}). Run notebooks/"
+                                 f"{PRODUCER.get(engine, '01_plain_pytorch.ipynb')} again to renew it.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Save a state dict (tensors and plain values only) atomically."""
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's folder and every file in it. Paths are attributes; the contents load on first use."""
+    folder: Path
 
+    @classmethod
+    def at(cls, runs_dir: Path, dataset: str, engine: str, init: str) -> "RunRecord":
+        return cls(Path(runs_dir) / dataset / f"{engine}-{init}")
 
-def load_state(path: Path) -> dict:
-    """Load a state dict saved by :func:`save_state`, refusing pickled code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # ------------------------------------------------------------ what is in the folder
+    @property
+    def history_file(self) -> Path:
+        return self.folder / "history.csv"
 
+    @property
+    def predictions_file(self) -> Path:
+        return self.folder / "predictions.csv"
 
-def write_history(folder: Path, rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    missing = set(HISTORY_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"History rows lack {sorted(missing)}; every engine must record {HISTORY_COLUMNS}.")
-    df = df[HISTORY_COLUMNS]
-    _atomic(Path(folder) / "history.csv", lambda tmp: df.to_csv(tmp, index=False))
-    return df
+    @property
+    def meta_file(self) -> Path:
+        return self.folder / "meta.json"
+
+    @property
+    def best(self) -> Path:
+        """The model's weights at its best validation accuracy (never chosen on test): a state dict."""
+        return self.folder / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        """The model's weights after the last epoch: a state dict."""
+        return self.folder / "last.pt"
+
+    @property
+    def resume(self) -> Path:
+        """The plain loop's resume point (model, optimizer, schedule, scaler, progress)."""
+        return self.folder / "resume.pt"
+
+    @property
+    def engine_dir(self) -> Path:
+        """Where an engine keeps its own checkpoints, in its own format (Ignite's, Lightning's)."""
+        return self.folder / self.engine
+
+    @property
+    def lightning_last(self) -> Path:
+        """Lightning's full checkpoint after the last epoch: its resume point."""
+        return self.engine_dir / "last.ckpt"
+
+    @property
+    def figures(self) -> Path:
+        """The dataset's figures folder, shared by every run of the dataset."""
+        return figures_dir(self.folder.parent.parent, self.dataset)
+
+    @property
+    def dataset(self) -> str:
+        return self.folder.parent.name
+
+    @property
+    def engine(self) -> str:
+        return self.folder.name.split("-")[0]
+
+    @property
+    def init(self) -> str:
+        return self.folder.name.split("-", 1)[1]
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} / {self.init}"
+
+    # ------------------------------------------------------------ writing
+    def start_fresh(self) -> None:
+        """A new run never mixes with an old record: drop the old history, predictions and metadata."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in (self.history_file, self.predictions_file, self.meta_file):
+            stale.unlink(missing_ok=True)
+        self.__dict__.pop("history", None), self.__dict__.pop("predictions", None), self.__dict__.pop("meta", None)
+
+    def write_history(self, rows: list[dict]) -> pd.DataFrame:
+        df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=HISTORY_COLUMNS)
+        missing = set(HISTORY_COLUMNS) - set(df.columns)
+        if missing:
+            raise ValueError(f"History rows lack {sorted(missing)}; every engine must record {HISTORY_COLUMNS}.")
+        write_csv_atomic(self.history_file, df[HISTORY_COLUMNS])
+        return df[HISTORY_COLUMNS]
+
+    def write_predictions(self, df: pd.DataFrame) -> None:
+        write_csv_atomic(self.predictions_file, df)
+
+    def write_meta(self, meta: RunMeta) -> None:
+        write_text_atomic(self.meta_file, meta.to_json())
+
+    def save_best(self, state: dict) -> None:
+        save_state(self.best, state)
+
+    def save_last(self, state: dict) -> None:
+        save_state(self.last, state)
+
+    def load_best(self) -> dict:
+        """The best weights, loaded with ``weights_only=True``."""
+        return load_state(self.best)
+
+    # ------------------------------------------------------------ reading
+    @property
+    def complete(self) -> bool:
+        return all(p.is_file() for p in (self.history_file, self.predictions_file, self.meta_file))
+
+    def check_complete(self, *files: Path) -> "RunRecord":
+        """Raise :class:`MissingRunError`, naming the notebook to run, unless ``files`` (default: all) exist."""
+        missing = [p.name for p in files or (self.history_file, self.predictions_file, self.meta_file) if not p.is_file()]
+        if missing:
+            raise MissingRunError(f"Run record {self.folder} is incomplete (missing {', '.join(missing)}). "
+                                  f"Run notebooks/{PRODUCER.get(self.engine, PRODUCER['plain'])} first.")
+        return self
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.check_complete(self.history_file).history_file)
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        return pd.read_csv(self.check_complete(self.predictions_file).predictions_file)
+
+    @cached_property
+    def meta(self) -> RunMeta:
+        return RunMeta.from_json(self.check_complete(self.meta_file).meta_file.read_text(), self.meta_file)
 
 
 def predictions_frame(files: list[str], targets: np.ndarray, probs: np.ndarray,
-                      class_names: list[str], k: int = 5) -> pd.DataFrame:
+                      class_names: list[str], k: int) -> pd.DataFrame:
     """One row per test image: true and predicted class and the top-k classes with probabilities."""
     k = min(k, len(class_names))
     top = np.argsort(-probs, axis=1)[:, :k]
@@ -77,71 +235,32 @@ def predictions_frame(files: list[str], targets: np.ndarray, probs: np.ndarray,
     return df
 
 
-def write_predictions(folder: Path, df: pd.DataFrame) -> None:
-    _atomic(Path(folder) / "predictions.csv", lambda tmp: df.to_csv(tmp, index=False))
+def figures_dir(runs_dir: Path, dataset: str) -> Path:
+    """Where the figures of ``dataset`` go (beside its run records)."""
+    return Path(runs_dir) / dataset / FIGURES
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "pytorch-ignite", "lightning", "scikit-learn", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+def datasets_with_records(runs_dir: Path) -> list[str]:
+    """Every dataset that has at least one complete run record, most recently written last."""
+    metas = sorted(Path(runs_dir).glob(f"*/*-*/{RunRecord(Path('x')).meta_file.name}"), key=lambda p: p.stat().st_mtime)
+    return list(dict.fromkeys(p.parent.parent.name for p in metas if RunRecord(p.parent).complete))
 
 
-def write_meta(folder: Path, meta: dict) -> None:
-    write_text_atomic(Path(folder) / "meta.json", json.dumps(meta, indent=1, default=str))
-
-
-@dataclass
-class Run:
-    folder: Path
-    history: pd.DataFrame
-    predictions: pd.DataFrame
-    meta: dict
-
-    @property
-    def label(self) -> str:
-        return f"{self.meta['engine']} / {self.meta['init']}"
-
-
-PRODUCER = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
-
-
-class MissingRunError(FileNotFoundError):
-    """A run record the comparison needs has not been written yet."""
-
-
-def load_run(folder: Path) -> Run:
-    folder = Path(folder)
-    needed = [folder / n for n in ("history.csv", "predictions.csv", "meta.json")]
-    missing = [p.name for p in needed if not p.is_file()]
-    if missing:
-        engine = folder.name.split("-")[0]
-        raise MissingRunError(f"Run record {folder} is incomplete (missing {', '.join(missing)}). "
-                              f"Run notebooks/{PRODUCER.get(engine, 'the engine notebook')} first.")
-    return Run(folder, pd.read_csv(needed[0]), pd.read_csv(needed[1]), json.loads(needed[2].read_text()))
-
-
-def latest_dataset(runs_dir: Path) -> str:
-    """The dataset whose run records were written most recently."""
-    metas = sorted(Path(runs_dir).glob("*/*-*/meta.json"), key=lambda p: p.stat().st_mtime)
-    if not metas:
+def pick_dataset(runs_dir: Path, wanted: str | None = None) -> str:
+    """``wanted`` if it has records, else the dataset trained most recently; a clear error when there is none."""
+    found = datasets_with_records(runs_dir)
+    if not found:
         raise MissingRunError(f"No run records under {runs_dir}. Run notebooks/{PRODUCER['plain']} (and "
                               f"{PRODUCER['ignite']}, {PRODUCER['lightning']}) first.")
-    return metas[-1].parent.parent.name
+    return wanted if wanted in found else found[-1]
 
 
-def find_runs(runs_dir: Path, dataset: str) -> dict[tuple[str, str], Run]:
-    """All complete runs for ``dataset``, keyed by (engine, init)."""
+def find_records(runs_dir: Path, dataset: str) -> dict[tuple[str, str], RunRecord]:
+    """All complete run records of ``dataset``, keyed by (engine, init), in the suite's order."""
     out = {}
     for engine in ENGINES:
         for init in INITS:
-            folder = run_dir(runs_dir, dataset, engine, init)
-            if (folder / "meta.json").is_file():
-                out[(engine, init)] = load_run(folder)
+            record = RunRecord.at(runs_dir, dataset, engine, init)
+            if record.complete:
+                out[(engine, init)] = record
     return out

@@ -1,6 +1,6 @@
-"""Resuming after a disconnect: what a run saves after every epoch, and how it is restored.
+"""Resume points: what a run saves after every epoch so that it continues after a disconnect, and how it is restored.
 
-The plain loop saves :data:`RESUME_FILE` with :func:`save_resume_point`; Ignite saves the same
+The plain loop saves its record's resume point with :func:`save_resume_point`; Ignite saves the same
 objects with its ``Checkpoint`` handler; Lightning keeps :class:`RunProgress` in a callback's state.
 A resume point made under other settings, or one that cannot be read, is never used.
 """
@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .records import load_state, save_state
-from .training import RunSetup
+from .io import load_state, save_state
+from .training import TrainingRun
 
-RESUME_FILE = "resume.pt"
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
 _NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images")
 
 
-def resume_key(run: RunSetup) -> dict:
+def resume_key(run: TrainingRun) -> dict:
     """What a run computes: a resume point made under other settings is never reused."""
     config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
     return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init)
@@ -32,7 +31,7 @@ class RunProgress:
     Has ``state_dict``/``load_state_dict``, so Ignite's ``Checkpoint`` and Lightning's callback state
     can save and restore it like any other object."""
 
-    def __init__(self, run: RunSetup):
+    def __init__(self, run: TrainingRun):
         self.key, self.history, self.best_val_acc = resume_key(run), [], -1.0
 
     @property
@@ -70,7 +69,7 @@ class RunProgress:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def read_resume_point(run: RunSetup, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
+def read_resume_point(run: TrainingRun, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
     """The saved state at ``path`` if resuming is on and it belongs to this run's settings, else None.
 
     A file that cannot be read (say, cut short by a kill while it was written) is ignored with a
@@ -89,16 +88,16 @@ def read_resume_point(run: RunSetup, path: Path, progress_of=lambda state: state
     return state
 
 
-def save_resume_point(run: RunSetup, progress: RunProgress) -> None:
+def save_resume_point(run: TrainingRun, progress: RunProgress) -> None:
     """Everything needed to continue after the epoch just completed, written atomically."""
-    save_state(run.folder / RESUME_FILE, dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+    save_state(run.record.resume, dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                                               scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
                                               progress=progress.state_dict()))
 
 
-def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
-    """Restore model, optimizer, schedule and progress from ``resume.pt``; True if something was resumed."""
-    state = read_resume_point(run, run.folder / RESUME_FILE)
+def load_resume_point(run: TrainingRun, progress: RunProgress) -> bool:
+    """Restore model, optimizer, schedule and progress from the record's resume point; True if something was resumed."""
+    state = read_resume_point(run, run.record.resume)
     if state is None:
         return False
     run.model.load_state_dict(state["model"])
@@ -107,5 +106,5 @@ def load_resume_point(run: RunSetup, progress: RunProgress) -> bool:
     run.scaler.load_state_dict(state["scaler"])
     progress.load_state_dict(state["progress"])
     print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
-          "(TL_RESUME=0 starts over).")
+          "(resume=False starts over).")
     return True

@@ -1,4 +1,4 @@
-"""Checking a dataset folder before training: what is there, what is broken, what is duplicated.
+"""The scan: checking a dataset's files before training (what is there, what is broken, what is duplicated).
 
 Real image folders hold ``.DS_Store`` and ``Thumbs.db`` files, zero-byte or truncated
 downloads, grayscale, palette, CMYK and 16-bit images, and copies of the same photo
@@ -79,14 +79,3 @@ def cross_split_duplicates(manifest: pd.DataFrame, root: Path) -> pd.DataFrame:
     spread = digests.groupby("digest")["split"].nunique()
     leaked = digests[digests["digest"].isin(spread[spread > 1].index)]
     return leaked.sort_values(["digest", "split"])[DUPLICATE_COLUMNS].reset_index(drop=True)
-
-
-def drop_leaked(manifest: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
-    """Remove evaluation copies of images that also occur in train (or, failing that, in validation)."""
-    drop = set()
-    for _, group in duplicates.groupby("digest"):
-        keep = "train" if (group["split"] == "train").any() else "validation"
-        drop.update(group.loc[group["split"] != keep, "path"])
-    out = manifest[~manifest["path"].isin(drop)]
-    out.attrs.update(manifest.attrs, duplicates_dropped=True)
-    return out

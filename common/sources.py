@@ -1,5 +1,6 @@
-"""Where a dataset comes from: the offline demo, a real dataset (local, attached on
-Kaggle, or downloaded), or any folder of class folders.
+"""Sources: where a dataset comes from (the offline demo, a real dataset, any folder of class folders).
+
+A real dataset is used from a local copy, attached on Kaggle, or downloaded.
 
 A downloaded dataset appears in ``data/`` only once it is complete and verified
 (``.complete.json`` inside it); interrupted downloads and extractions leave
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archives import download_url, remove_stale_partials, safe_extract
-from .config import KAGGLE_INPUT, Config, detect_runtime, loud, walk_kaggle_input
-from .data import DatasetError, detect_layout, scan_classes
+from .config import Config
+from .io import folder_swapped_in
+from .runtime import KAGGLE_INPUT, detect_runtime, loud, walk_kaggle_input
+from .split import DatasetError, detect_layout, list_classes
 from .demo_data import make_demo_dataset
 
 STAMP = ".complete.json"
@@ -71,7 +74,7 @@ def verify_dataset(root: Path, spec: RemoteDataset) -> dict:
     folders = layout.split_dirs if layout.kind == "presplit" else {"all": layout.root}
     found = {}
     for split, folder in folders.items():
-        classes = scan_classes(folder)
+        classes = list_classes(folder)
         if len(classes) != spec.classes:
             raise DatasetError(f"{folder} has {len(classes)} class folders, {spec.name} has {spec.classes}. "
                                f"The copy is incomplete or not {spec.name}: delete {root} and fetch it again.")
@@ -131,18 +134,15 @@ def fetch_dataset(spec: RemoteDataset, data_dir: Path) -> Path:
         archive = download_kaggle_dataset(spec.kaggle_slug, downloads)
     else:
         archive = download_url(spec.url, downloads / Path(spec.url).name)
-    staging = data_dir / f".{spec.folder}-staging"
-    try:
-        safe_extract(archive, staging)
+    with folder_swapped_in(final) as staging:  # only a verified copy ever appears at `final`
+        unpacked = safe_extract(archive, staging / ".unpacked")
+        for child in unpacked.iterdir():  # the archive's own top level, directly in the dataset's folder
+            child.rename(staging / child.name)
+        unpacked.rmdir()
         root = _finish_layout(staging, spec)
         counts = verify_dataset(root, spec)
         (staging / STAMP).write_text(json.dumps(dict(dataset=spec.name, root=str(root.relative_to(staging)),
                                                      counts=counts), indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     archive.unlink(missing_ok=True)  # the verified copy is what we keep; archives are big
     return final
 
@@ -174,6 +174,16 @@ def demo_source(cfg: Config) -> DataSource:
     name = f"toy-vegetables-{cfg.demo_images_per_class}x{size}px"
     root = make_demo_dataset(cfg.data_dir / name, cfg.demo_images_per_class, size, seed=cfg.seed)
     return DataSource("demo", root, is_demo=True)
+
+
+def dataset_name(choice: str) -> str | None:
+    """The name a dataset's records are filed under, without fetching anything; None for ``auto``
+    (which picks at run time)."""
+    if choice == "auto":
+        return None
+    if choice == "demo" or choice in REMOTE:
+        return choice
+    return Path(choice).expanduser().name
 
 
 def resolve_dataset(cfg: Config) -> DataSource:

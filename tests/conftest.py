@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.demo_data import make_demo_dataset
-from common.records import ENGINES, INITS, load_run, run_dir
+from common.records import ENGINES, INITS, RunMeta, RunRecord
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
@@ -33,6 +33,18 @@ def run_notebook(nb, env: dict) -> None:
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
 
 
+def make_meta(**changes) -> RunMeta:
+    """A complete, plausible RunMeta for hand-made records."""
+    values = dict(engine="plain", init="transfer", dataset="toy", dataset_root="/data/toy", is_demo_data=True,
+                  split_fingerprint="abc", split_manifest="/data/splits/toy.csv",
+                  class_counts={"train": {"a": 5, "b": 7, "c": 9}}, class_names=["a", "b", "c"], scan={},
+                  weights_source="imagenet", parameters={"trainable": 10, "total": 20}, device="cpu", precision="fp32",
+                  seed=0, budget="smoke", image_size=32, fallbacks=[], config={}, versions={}, started="", finished="",
+                  epochs_run=2, best_epoch=2, best_val_acc=0.8, test_acc=0.75, top_k=5, test_topk_acc=1.0)
+    values.update(changes)
+    return RunMeta(**values)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")
@@ -43,7 +55,7 @@ def engine_runs(tiny_base):
     """The three engine notebooks, run once per session on the TINY settings: the reference runs."""
     for name in ENGINE_NOTEBOOKS.values():
         run_notebook(name, tiny_env(tiny_base))
-    return {(e, i): load_run(run_dir(tiny_base / "runs", "demo", e, i)) for e in ENGINES for i in INITS}
+    return {(e, i): RunRecord.at(tiny_base / "runs", "demo", e, i).check_complete() for e in ENGINES for i in INITS}
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import make_meta
+
+from common import compare as C
 from common import evaluation as E
 from common import plots as P
 from common.compare import agreement_table, assert_engines_agree
-from common.records import Run
+from common.records import RunRecord
 
 CLASSES = ["a", "b", "c"]
 
@@ -27,11 +30,15 @@ def _history(val_acc, seconds, loss=1.0):
                              val_acc=val_acc, lr=[1e-3] * n, epoch_seconds=seconds))
 
 
-def _run(engine, init, history, preds, trainable):
-    meta = dict(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()), test_top5=1.0,
-                best_epoch=int(history["val_acc"].idxmax()) + 1, parameters=dict(trainable=trainable),
-                weights_source="imagenet" if init == "transfer" else "random", fallbacks=[], dataset="toy", budget="smoke")
-    return Run(None, history, preds, meta)
+def _record(runs_dir, engine, init, history, preds, trainable, **meta):
+    """A run record written to disk through the real type, with a plausible meta."""
+    record = RunRecord.at(runs_dir, "toy", engine, init)
+    record.write_history(history.to_dict("records"))
+    record.write_predictions(preds)
+    record.write_meta(make_meta(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()),
+                                best_epoch=int(history["val_acc"].idxmax()) + 1, parameters=dict(trainable=trainable),
+                                weights_source="imagenet" if init == "transfer" else "random", **meta))
+    return RunRecord.at(runs_dir, "toy", engine, init)
 
 
 def test_confusion_counts_and_row_normalisation():
@@ -60,20 +67,20 @@ def test_topk_accuracy_from_predictions():
 
 def test_time_to_target_sums_epoch_times_until_first_reached():
     h = _history([0.2, 0.5, 0.7, 0.9], [10, 11, 12, 13])
-    assert E.time_to_target(h, 0.7) == 33
-    assert E.time_to_target(h, 0.1) == 10
-    assert E.time_to_target(h, 0.95) is None
+    assert C.time_to_target(h, 0.7) == 33
+    assert C.time_to_target(h, 0.1) == 10
+    assert C.time_to_target(h, 0.95) is None
 
 
-def test_summary_speed_ratio_and_per_class_accuracy():
+def test_summary_speed_ratio_and_per_class_accuracy(tmp_path):
     p = _preds(["a", "b", "c", "c"], ["a", "b", "c", "a"])
-    runs = {("plain", "transfer"): _run("plain", "transfer", _history([0.5, 0.8], [2, 2]), p, 10),
-            ("plain", "scratch"): _run("plain", "scratch", _history([0.3, 0.4], [4, 4]), p, 30)}
-    table = E.summary_table(runs)
+    runs = {("plain", "transfer"): _record(tmp_path, "plain", "transfer", _history([0.5, 0.8], [2, 2]), p, 10),
+            ("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.3, 0.4], [4, 4]), p, 30)}
+    table = C.summary_table(runs)
     assert table.loc[("plain", "transfer"), "best_val_acc"] == 0.8
     assert table.loc[("plain", "scratch"), "trainable_params"] == 30
-    assert E.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
-    per_class = E.per_class_accuracy(p, pd.Series({"a": 5, "b": 7, "c": 9}))
+    assert C.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
+    per_class = E.per_class_accuracy(p, runs[("plain", "transfer")].meta.train_counts())
     assert per_class.loc["c", "accuracy"] == 0.5 and per_class.loc["b", "train_images"] == 7
 
 
@@ -98,7 +105,7 @@ def test_confusion_figure_scales_to_many_classes(n, tmp_path):
 
 
 def test_figures_carry_the_fallback_label():
-    text = P.label_text(dict(dataset="demo", budget="smoke", fallbacks=["random weights used"]))
-    assert "FALLBACK" in text and "demo" in text and "smoke" in text
+    text = P.label_text(make_meta(dataset="demo", fallbacks=["random weights used"]), make_meta(fallbacks=["demo data"]))
+    assert "FALLBACK" in text and "demo" in text and "smoke" in text and "demo data; random weights used" in text
     fig = P.plot_epoch_times({("plain", "transfer"): _history([0.1], [3.0])}, caption=text)
     assert fig._suptitle.get_text() == text

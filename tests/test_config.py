@@ -43,10 +43,19 @@ def test_bad_values_say_what_is_wrong(monkeypatch):
         load_config()
     monkeypatch.delenv("TL_EPOCHS")
     monkeypatch.setenv("TL_CACHE_IMAGES", "maybe")
-    with pytest.raises(ValueError, match="TL_CACHE_IMAGES='maybe' is not one of auto, 1, 0"):
+    with pytest.raises(ValueError, match="TL_CACHE_IMAGES='maybe' is not one of on, off, auto"):
         load_config()
     monkeypatch.setenv("TL_CACHE_IMAGES", "Off")
-    assert load_config().cache_images == "0"
+    assert load_config().cache_images is False
+    monkeypatch.setenv("TL_CACHE_IMAGES", "auto")
+    assert load_config().cache_images is None
+    monkeypatch.delenv("TL_CACHE_IMAGES")
+    monkeypatch.setenv("TL_RESUME", "auto")  # resume has no automatic choice
+    with pytest.raises(ValueError, match="TL_RESUME='auto' is not one of on, off:"):
+        load_config()
+    monkeypatch.setenv("TL_RESUME", "0")
+    assert load_config().resume is False and load_config(resume=True).resume is True
+    monkeypatch.delenv("TL_RESUME")
     monkeypatch.setenv("TL_PRECISION", "fp8")
     with pytest.raises(ValueError, match="TL_PRECISION"):
         load_config()

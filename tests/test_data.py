@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from common import data as D
+from common import datasets as D
+from common import split as SP
 from common.demo_data import CLASSES, make_demo_dataset
 
 
@@ -26,8 +27,8 @@ def test_demo_dataset_is_deterministic_and_idempotent(tmp_path, flat_root):
 
 
 def test_layouts_are_detected(flat_root, presplit_root, tmp_path, copy_of):
-    assert D.detect_layout(flat_root).kind == "flat"
-    pre = D.detect_layout(presplit_root)
+    assert SP.detect_layout(flat_root).kind == "flat"
+    pre = SP.detect_layout(presplit_root)
     assert pre.kind == "presplit" and set(pre.split_dirs) == {"train", "validation", "test"}
     # Kaggle ships everything under one wrapper folder ("Vegetable Images/"), with "val" as an alias here
     wrapped = copy_of(presplit_root)
@@ -35,90 +36,92 @@ def test_layouts_are_detected(flat_root, presplit_root, tmp_path, copy_of):
     outer = tmp_path / "outer"
     outer.mkdir()
     wrapped.rename(outer / "Vegetable Images")
-    found = D.detect_layout(outer)
+    found = SP.detect_layout(outer)
     assert found.kind == "presplit" and found.root.name == "Vegetable Images"
     assert found.split_dirs["validation"].name == "val"
 
 
 def test_bad_folders_give_clear_errors(tmp_path, copy_of, presplit_root, flat_root):
-    with pytest.raises(D.DatasetError, match="does not exist"):
-        D.detect_layout(tmp_path / "nope")
+    with pytest.raises(SP.DatasetError, match="does not exist"):
+        SP.detect_layout(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(D.DatasetError, match="no class folders"):
-        D.detect_layout(empty)
+    with pytest.raises(SP.DatasetError, match="no class folders"):
+        SP.detect_layout(empty)
     flat = copy_of(flat_root)
     (flat / "zucchini").mkdir()
-    with pytest.raises(D.DatasetError, match="zucchini.*no readable images"):
-        D.build_split(flat, seed=0)
+    with pytest.raises(SP.DatasetError, match="zucchini.*no readable images"):
+        SP.build_split(flat, seed=0)
 
 
 def test_mismatched_split_classes_are_refused(tmp_path, presplit_root):
     import shutil
     pre = shutil.copytree(presplit_root, tmp_path / "pre")
     shutil.rmtree(pre / "validation" / "tomato")
-    with pytest.raises(D.DatasetError, match="differ from train.*tomato"):
-        D.build_split(pre, seed=0)
+    with pytest.raises(SP.DatasetError, match="differ from train.*tomato"):
+        SP.build_split(pre, seed=0)
 
 
 def test_flat_split_is_stratified_reproducible_and_disjoint(flat_root):
-    a = D.build_split(flat_root, seed=1)
-    b = D.build_split(flat_root, seed=1)
-    c = D.build_split(flat_root, seed=2)
-    pd.testing.assert_frame_equal(a, b)
-    assert not a.equals(c)
-    D.check_disjoint(a)
-    assert a["path"].is_unique and len(a) == 20 * len(CLASSES)
-    per_class = a.groupby(["split", "class_name"]).size().unstack()
+    a = SP.build_split(flat_root, seed=1)
+    b = SP.build_split(flat_root, seed=1)
+    c = SP.build_split(flat_root, seed=2)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    assert not a.frame.equals(c.frame)
+    a.check_disjoint()
+    assert a.frame["path"].is_unique and len(a.frame) == 20 * len(CLASSES)
+    per_class = a.frame.groupby(["split", "class_name"]).size().unstack()
     for split, expected in (("train", 14), ("validation", 3), ("test", 3)):
         assert per_class.loc[split].between(expected - 1, expected + 1).all(), per_class
 
 
 def test_presplit_keeps_the_given_split(presplit_root, tmp_path):
-    m = D.build_split(presplit_root, seed=0)
+    m = SP.build_split(presplit_root, seed=0).frame
     assert (m["path"].str.split("/").str[0] == m["split"]).all()
     import shutil
     no_test = shutil.copytree(presplit_root, tmp_path / "no_test")
     shutil.rmtree(no_test / "test")
-    m2 = D.build_split(no_test, seed=0)
+    m2 = SP.build_split(no_test, seed=0).frame
     assert set(m2["split"]) == {"train", "validation", "test"}
     assert (m2.loc[m2["split"] == "test", "path"].str.startswith("train/")).all()  # test carved from train
     assert (m2.loc[m2["split"] == "validation", "path"].str.startswith("validation/")).all()
 
 
 def test_check_disjoint_catches_overlap(flat_root):
-    m = D.build_split(flat_root, seed=0)
+    m = SP.build_split(flat_root, seed=0).frame
     leaked = pd.concat([m, m.iloc[:1].assign(split="test")])
-    with pytest.raises(D.DatasetError, match="more than one split"):
-        D.check_disjoint(leaked)
+    with pytest.raises(SP.DatasetError, match="more than one split"):
+        SP.check_disjoint(leaked)
 
 
 def test_manifest_is_saved_reused_and_rebuilt_when_settings_change(flat_root, tmp_path):
     path = tmp_path / "splits" / "toy-seed0.csv"
-    first = D.load_or_make_split(flat_root, path, seed=0)
+    first = SP.load_or_make_split(flat_root, path, seed=0)
     stamp = path.stat().st_mtime_ns
-    again = D.load_or_make_split(flat_root, path, seed=0)
-    assert path.stat().st_mtime_ns == stamp and D.fingerprint(again) == D.fingerprint(first)
-    changed = D.load_or_make_split(flat_root, path, seed=0, val_fraction=0.3)
-    assert D.fingerprint(changed) != D.fingerprint(first)
+    again = SP.load_or_make_split(flat_root, path, seed=0)
+    assert path.stat().st_mtime_ns == stamp and again.fingerprint == first.fingerprint
+    assert again.root == first.root and again.classes == first.classes and again.layout == "flat"
+    pd.testing.assert_frame_equal(again.frame, first.frame)
+    changed = SP.load_or_make_split(flat_root, path, seed=0, val_fraction=0.3)
+    assert changed.fingerprint != first.fingerprint
 
 
 def test_limit_per_class_is_seeded(flat_root):
-    m = D.build_split(flat_root, seed=0)
-    small = D.limit_per_class(m, "train", 5, seed=0)
-    assert small[small["split"] == "train"].groupby("label").size().max() == 5
-    assert small[small["split"] != "train"].equals(m[m["split"] != "train"])
-    pd.testing.assert_frame_equal(small, D.limit_per_class(m, "train", 5, seed=0))
+    m = SP.build_split(flat_root, seed=0)
+    small = m.limit_per_class("train", 5, seed=0)
+    assert small.files("train").groupby("label").size().max() == 5
+    assert small.frame[small.frame["split"] != "train"].equals(m.frame[m.frame["split"] != "train"])
+    pd.testing.assert_frame_equal(small.frame, m.limit_per_class("train", 5, seed=0).frame)
+    assert small.counts().loc[:, "train"].max() == 5 and small.fingerprint != m.fingerprint
 
 
 def _train_loader(manifest, root, seed, workers=0):
-    manifest.attrs["root"] = str(root)
     ds = D.make_datasets(manifest, D.build_transforms(32, [0.5] * 3, [0.25] * 3), seed=seed)
     return D.make_loaders(ds, batch_size=8, num_workers=workers, seed=seed)["train"]
 
 
 def test_batch_order_and_augmentation_depend_on_the_seed_alone(flat_root):
-    m = D.build_split(flat_root, seed=0)
+    m = SP.build_split(flat_root, seed=0)
 
     def first_batch(seed, workers=0, global_seed=5):
         torch.manual_seed(global_seed)  # must not matter
@@ -135,7 +138,7 @@ def test_batch_order_and_augmentation_depend_on_the_seed_alone(flat_root):
 
 
 def test_each_epoch_reshuffles_and_unused_iterators_do_not_shift_it(flat_root):
-    m = D.build_split(flat_root, seed=0)
+    m = SP.build_split(flat_root, seed=0)
     a, b = _train_loader(m, flat_root, 0), _train_loader(m, flat_root, 0)
     epochs_a = [[y.tolist() for _, y in a] for _ in range(2)]
     iter(b)  # an engine creating an iterator it never uses
@@ -158,8 +161,7 @@ def test_datasets_convert_to_rgb(flat_root, tmp_path):
 
 
 def _datasets(root, seed=0, size=32):
-    manifest = D.build_split(root, seed=0)
-    manifest.attrs["root"] = str(root)
+    manifest = SP.build_split(root, seed=0)
     return D.make_datasets(manifest, D.build_transforms(size, [0.5] * 3, [0.25] * 3), seed=seed)
 
 
@@ -203,21 +205,20 @@ def test_only_two_stage_datasets_can_be_cached(tmp_path):
 
 def test_the_cache_setting_is_obeyed(tmp_path, monkeypatch, capsys):
     from common.config import load_config
-    from common.training import cache_decoded_images, prepare_data
 
     def cached(setting, fits=True):
         monkeypatch.setattr(D, "cache_fits", lambda datasets: fits)
         cfg = load_config(budget="smoke", dataset="demo", weights="random", demo_images_per_class=6,
                           cache_images=setting, num_workers=0, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
-        data = prepare_data(cfg)
-        cache_decoded_images(cfg, data)
+        data = D.prepare_data(cfg)
+        D.cache_decoded_images(cfg, data)
         return [ds.cache is not None for ds in data.datasets.values()]
 
-    assert cached("0") == [False] * 3
-    assert cached("1", fits=False) == [True] * 3  # asked for explicitly: done even where auto would not
-    assert cached("auto") == [True] * 3
+    assert cached(False) == [False] * 3
+    assert cached(True, fits=False) == [True] * 3  # asked for explicitly: done even where auto would not
+    assert cached(None) == [True] * 3
     capsys.readouterr()
-    assert cached("auto", fits=False) == [False] * 3
+    assert cached("auto", fits=False) == [False] * 3  # the word works too
     assert "more than a third of the free memory" in capsys.readouterr().out
 
 
@@ -233,13 +234,13 @@ def test_the_cache_fits_only_in_a_share_of_memory(flat_root, monkeypatch):
     assert not D.cache_fits(datasets)
 
 
-def test_the_augmentation_figure_shows_the_prepared_square_and_each_epoch(flat_root):
+def test_the_augmentation_figure_shows_the_decoded_square_and_each_epoch(flat_root):
     import matplotlib
     matplotlib.use("Agg")
     from common.plots import show_augmentations
     fig = show_augmentations(_datasets(flat_root, seed=1)["train"], index=2, epochs=3)
     shown = [ax.images[0].get_array() for ax in fig.axes]
-    assert [ax.get_title() for ax in fig.axes] == ["prepared (kept)", "epoch 1", "epoch 2", "epoch 3"]
+    assert [ax.get_title() for ax in fig.axes] == ["decoded (kept)", "epoch 1", "epoch 2", "epoch 3"]
     assert all(a.shape == (32, 32, 3) and 0 <= a.min() and a.max() <= 1 for a in shown)
     assert not np.allclose(shown[1], shown[2])  # a new crop every epoch
 

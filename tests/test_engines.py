@@ -12,12 +12,12 @@ import pytest
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
 
 from common.compare import assert_engines_agree
-from common.records import INITS, load_run, run_dir
+from common.records import INITS, RunRecord
 
 def test_engines_agree_epoch_by_epoch(engine_runs):
     table = assert_engines_agree({k: r.history for k, r in engine_runs.items()})
     assert len(table) == 4 and table["agrees"].all()
-    assert {r.meta["split_fingerprint"] for r in engine_runs.values()} == {engine_runs[("plain", "transfer")].meta["split_fingerprint"]}
+    assert {r.meta.split_fingerprint for r in engine_runs.values()} == {engine_runs[("plain", "transfer")].meta.split_fingerprint}
 
 
 def test_every_engine_writes_the_same_record_schema(engine_runs):
@@ -25,23 +25,22 @@ def test_every_engine_writes_the_same_record_schema(engine_runs):
     for (engine, init), run in engine_runs.items():
         assert list(run.history.columns) == list(reference.history.columns)
         assert list(run.predictions.columns) == list(reference.predictions.columns)
-        assert set(run.meta) == set(reference.meta)
-        assert (run.meta["engine"], run.meta["init"]) == (engine, init)
-        assert (run.folder / "best.pt").is_file() and (run.folder / "last.pt").is_file()
+        assert (run.meta.engine, run.meta.init) == (engine, init)
+        assert run.best.is_file() and run.last.is_file() and set(run.load_best()) == set(reference.load_best())
         assert len(run.history) == 2 and run.history["epoch_seconds"].gt(0).all()
-        assert "scan" in run.meta and run.meta["fallbacks"] == []  # demo and random weights asked for: no fallback
+        assert run.meta.scan and run.meta.fallbacks == []  # demo and random weights asked for: no fallback
 
 
 def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, tiny_base, tmp_path):
     runs = tmp_path / "runs"
     for init in INITS:  # the plain loop's records as they are
-        shutil.copytree(run_dir(tiny_base / "runs", "demo", "plain", init), run_dir(runs, "demo", "plain", init))
+        shutil.copytree(RunRecord.at(tiny_base / "runs", "demo", "plain", init).folder, RunRecord.at(runs, "demo", "plain", init).folder)
     nb = nbformat.read(NOTEBOOKS / ENGINE_NOTEBOOKS["ignite"], as_version=4)
     line = 'run = start_run(cfg, data, engine="ignite", init=init)'
     cell = next(c for c in nb.cells if line in c.source)
     cell.source = cell.source.replace(line, line + '\n    run.optimizer.param_groups[0]["lr"] *= 1.2  # the drift to detect')
     run_notebook(nb, tiny_env(tiny_base, runs))
-    drifted = {(e, i): load_run(run_dir(runs, "demo", e, i)).history for e in ("plain", "ignite") for i in INITS}
+    drifted = {(e, i): RunRecord.at(runs, "demo", e, i).history for e in ("plain", "ignite") for i in INITS}
     with pytest.raises(AssertionError, match="ignite / .*differs from the plain loop"):
         assert_engines_agree(drifted)
 
@@ -52,7 +51,7 @@ def test_engines_agree_in_mixed_precision_and_channels_last(tmp_path):
     env = dict(tiny_env(tmp_path), TL_PRECISION="fp16", TL_CHANNELS_LAST="1")
     for name in ENGINE_NOTEBOOKS.values():
         run_notebook(name, env)
-    runs = {(e, i): load_run(run_dir(tmp_path / "runs", "demo", e, i)) for e in ENGINE_NOTEBOOKS for i in INITS}
-    assert {r.meta["precision"] for r in runs.values()} == {"bf16"}
+    runs = {(e, i): RunRecord.at(tmp_path / "runs", "demo", e, i) for e in ENGINE_NOTEBOOKS for i in INITS}
+    assert {r.meta.precision for r in runs.values()} == {"bf16"}
     table = assert_engines_agree({k: r.history for k, r in runs.items()})
     assert table["agrees"].all()

@@ -1,8 +1,10 @@
 """Learning happens: a few steps on the demo data lower the loss."""
 import torch
 
-from common.config import load_config, seed_everything
-from common.training import make_optimizer, prepare_data, start_run
+from common.config import load_config
+from common.datasets import prepare_data
+from common.runtime import seed_everything
+from common.training import make_optimizer, start_run
 
 
 def test_a_few_steps_on_demo_data_lower_the_loss(tmp_path):

@@ -1,15 +1,24 @@
+"""The run record: one type names every file, the metadata is typed and versioned, writes are atomic."""
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import make_meta
 
 from common import records as R
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_history_must_have_every_column(tmp_path):
+    record = R.RunRecord(tmp_path)
     with pytest.raises(ValueError, match="val_acc"):
-        R.write_history(tmp_path, [dict(epoch=1, train_loss=1.0)])
+        record.write_history([dict(epoch=1, train_loss=1.0)])
     rows = [dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0, extra=1)]
-    df = R.write_history(tmp_path, rows)
-    assert list(df.columns) == R.HISTORY_COLUMNS
+    df = record.write_history(rows)
+    assert list(df.columns) == R.HISTORY_COLUMNS and list(record.history.columns) == R.HISTORY_COLUMNS
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -23,13 +32,62 @@ def test_predictions_keep_topk_in_order():
 
 def test_missing_record_names_the_notebook(tmp_path):
     with pytest.raises(R.MissingRunError, match="02_ignite.ipynb"):
-        R.load_run(R.run_dir(tmp_path, "demo", "ignite", "transfer"))
+        R.RunRecord.at(tmp_path, "demo", "ignite", "transfer").history
+
+
+def test_meta_round_trips_and_an_old_record_says_what_to_do(tmp_path):
+    record = R.RunRecord.at(tmp_path, "toy", "plain", "transfer")
+    record.write_history([])  # an empty history is still a history
+    record.write_predictions(R.predictions_frame([], np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"], 3))
+    record.write_meta(make_meta(top_k=3))
+    again = R.RunRecord.at(tmp_path, "toy", "plain", "transfer")
+    assert again.meta == make_meta(top_k=3) and again.meta.train_counts().to_dict() == {"a": 5, "b": 7, "c": 9}
+    old = json.loads(record.meta_file.read_text())
+    del old["schema"], old["top_k"]
+    old["test_top5"] = 1.0
+    record.meta_file.write_text(json.dumps(old))
+    with pytest.raises(R.OldRecordError, match="another version of the suite.*01_plain_pytorch.ipynb"):
+        R.RunRecord.at(tmp_path, "toy", "plain", "transfer").meta
+
+
+def test_records_are_found_for_every_dataset_without_a_list(tmp_path):
+    for dataset in ("caltech-like", "my-photos"):
+        record = R.RunRecord.at(tmp_path, dataset, "ignite", "scratch")
+        record.write_history([])
+        record.write_predictions(R.predictions_frame([], np.zeros(0, int), np.zeros((0, 2)), ["a", "b"], 2))
+        record.write_meta(make_meta(dataset=dataset, engine="ignite", init="scratch"))
+    assert set(R.datasets_with_records(tmp_path)) == {"caltech-like", "my-photos"}
+    assert R.pick_dataset(tmp_path, "caltech-like") == "caltech-like"
+    assert R.pick_dataset(tmp_path, "not-trained") in {"caltech-like", "my-photos"}
+    assert list(R.find_records(tmp_path, "my-photos")) == [("ignite", "scratch")]
+    with pytest.raises(R.MissingRunError, match="01_plain_pytorch.ipynb"):
+        R.pick_dataset(tmp_path / "empty")
 
 
 def test_state_round_trip_is_weights_only(tmp_path):
     import torch
-    R.save_state(tmp_path / "best.pt", {"w": torch.ones(2)})
-    assert torch.equal(R.load_state(tmp_path / "best.pt")["w"], torch.ones(2))
-    torch.save({"obj": object()}, tmp_path / "pickled.pt")
+    record = R.RunRecord(tmp_path)
+    record.save_best({"w": torch.ones(2)})
+    assert torch.equal(record.load_best()["w"], torch.ones(2))
+    torch.save({"obj": object()}, record.best)
     with pytest.raises(Exception):
-        R.load_state(tmp_path / "pickled.pt")
+        record.load_best()
+
+
+RECORD_FILES = ("best.pt", "last.pt", "resume.pt", "last.ckpt", "history.csv", "predictions.csv", "meta.json")
+
+
+def test_no_file_name_of_the_record_is_spelled_outside_its_module():
+    """records.py owns the record's file names: notebooks, common/, the benchmark and the tests use RunRecord."""
+    owner = ROOT / "common" / "records.py"
+    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("benchmarks/*.py"),
+              *ROOT.glob("tests/*.py")]
+    pattern = re.compile("|".join(re.escape(f'"{n}') for n in RECORD_FILES) + r'|/ "figures"|"figures" /')
+    offenders = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in places if p != owner and p != Path(__file__)
+                 for m in pattern.finditer(p.read_text())]
+    assert owner.read_text().count('"best.pt"') == 1 and not offenders, offenders
+
+
+def test_dataframe_attrs_are_not_used():
+    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("tests/*.py")]
+    assert not [p.name for p in places if p != Path(__file__) and ".attrs" in p.read_text()]

@@ -58,10 +58,18 @@ def test_environment_yml_matches_pyproject():
     assert python.replace(" ", "") == "python>=3.11"
 
 
+def test_every_module_opens_with_its_purpose():
+    import ast
+    for path in sorted((ROOT / "common").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and doc.splitlines()[0].endswith((".", ":")) and len(doc.splitlines()[0]) < 140, path.name
+
+
 def test_importing_common_needs_no_training_engine():
     import subprocess
     import sys
-    code = ("import sys, common.training, common.plots, common.evaluation;"
+    code = ("import sys, common.training, common.plots, common.evaluation, common.compare, common.resume, "
+            "common.datasets, common.records;"
             "assert 'lightning' not in sys.modules and 'ignite' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

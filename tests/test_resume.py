@@ -13,9 +13,10 @@ import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
 
 from common.config import load_config
-from common.records import load_run, run_dir
-from common.resume import RESUME_FILE, RunProgress, read_resume_point, save_resume_point
-from common.training import prepare_data, start_run
+from common.datasets import prepare_data
+from common.records import RunRecord
+from common.resume import RunProgress, read_resume_point, save_resume_point
+from common.training import start_run
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
@@ -28,8 +29,8 @@ def notebook_as_script(name: str) -> str:
 
 
 def resume_marker(runs, engine):
-    folder = run_dir(runs, "demo", engine, "transfer")
-    return folder / "lightning" / "last.ckpt" if engine == "lightning" else folder / RESUME_FILE
+    record = RunRecord.at(runs, "demo", engine, "transfer")
+    return record.lightning_last if engine == "lightning" else record.resume
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
@@ -51,14 +52,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, engine_runs, 
     # commits an fsspec transaction), so kill at once: the run is now inside its second epoch.
     proc.kill()  # SIGKILL: no exception handler, no clean-up
     proc.wait()
-    assert not (run_dir(runs, "demo", engine, "transfer") / "history.csv").exists(), "killed too late to test resume"
+    assert not RunRecord.at(runs, "demo", engine, "transfer").history_file.exists(), "killed too late to test resume"
 
     done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming" in done.stdout
     for init in ("transfer", "scratch"):
-        resumed = load_run(run_dir(runs, "demo", engine, init)).history
+        resumed = RunRecord.at(runs, "demo", engine, init).history
         reference = engine_runs[(engine, init)].history
         assert len(resumed) == len(reference)
         np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
@@ -75,9 +76,9 @@ def test_a_checkpoint_cut_short_is_never_trusted(tiny_run, capsys):
     progress = RunProgress(tiny_run)
     progress.record(dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
     save_resume_point(tiny_run, progress)
-    path = tiny_run.folder / RESUME_FILE
+    path = tiny_run.record.resume
     assert read_resume_point(tiny_run, path)["progress"]["history"] == progress.history
-    assert not list(tiny_run.folder.glob(".*.tmp"))  # written through a temporary file, then renamed
+    assert not list(tiny_run.record.folder.glob(".*.tmp"))  # written through a temporary file, then renamed
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a kill mid-write of a non-atomic saver
     assert read_resume_point(tiny_run, path) is None
     assert "unreadable" in capsys.readouterr().out
@@ -86,14 +87,14 @@ def test_a_checkpoint_cut_short_is_never_trusted(tiny_run, capsys):
 def test_a_resume_point_from_other_settings_is_not_used(tiny_run, capsys):
     save_resume_point(tiny_run, RunProgress(tiny_run))
     other = start_run(load_config(**{**tiny_run.cfg.as_dict(), "lr": 0.5}), tiny_run.data, "plain", "transfer")
-    assert read_resume_point(other, other.folder / RESUME_FILE) is None
+    assert read_resume_point(other, other.record.resume) is None
     assert "other settings" in capsys.readouterr().out
-    off = start_run(load_config(**{**tiny_run.cfg.as_dict(), "resume": 0}), tiny_run.data, "plain", "transfer")
-    assert read_resume_point(off, off.folder / RESUME_FILE) is None
+    off = start_run(load_config(**{**tiny_run.cfg.as_dict(), "resume": False}), tiny_run.data, "plain", "transfer")
+    assert read_resume_point(off, off.record.resume) is None
 
 
 def test_checkpoints_load_weights_only():
     torch.save({"model": {"w": torch.ones(1)}, "payload": object()}, "/tmp/tl-evil.pt")
-    from common.records import load_state
+    from common.io import load_state
     with pytest.raises(Exception):
         load_state("/tmp/tl-evil.pt")

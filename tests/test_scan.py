@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import data as D
+from common import datasets as D
+from common import split as SP
 from common.config import load_config
+from common.datasets import prepare_data
 from common.scan import check_image, cross_split_duplicates, open_rgb
-from common.training import prepare_data
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
@@ -45,8 +46,8 @@ def messy(tmp_path, flat_root):
 
 
 def test_the_scan_names_every_bad_file_and_what_it_did(messy):
-    manifest = D.build_split(messy, seed=0)
-    findings = {f["path"].split("/")[-1]: f for f in manifest.attrs["findings"]}
+    manifest = SP.build_split(messy, seed=0)
+    findings = {f["path"].split("/")[-1]: f for f in manifest.findings.to_dict("records")}
     for name in (".DS_Store", "Thumbs.db", "notes.txt"):
         assert findings[name]["action"] == "skipped"
     for name in ("empty.jpg", "truncated.jpg", "not_really.jpg", "bomb.png"):
@@ -54,16 +55,16 @@ def test_the_scan_names_every_bad_file_and_what_it_did(messy):
     assert "0 bytes" in findings["empty.jpg"]["finding"] and "too large" in findings["bomb.png"]["finding"]
     for name in ("gray.png", "palette.png", "rgba.png", "cmyk.jpg", "sixteen.png"):
         assert findings[name]["action"] == "converted to RGB"
-    used = set(manifest["path"].str.split("/").str[-1])
+    used = set(manifest.frame["path"].str.split("/").str[-1])
     assert not used & {"empty.jpg", "truncated.jpg", "not_really.jpg", "bomb.png", "notes.txt", ".DS_Store"}
     assert {"gray.png", "cmyk.jpg", "sixteen.png", "huge.jpg"} <= used
 
 
 def test_every_kept_image_loads_as_8_bit_rgb(messy):
-    manifest = D.build_split(messy, seed=0)
+    manifest = SP.build_split(messy, seed=0)
     tf = D.build_transforms(32, [0.5] * 3, [0.25] * 3)
     ds = D.make_datasets(manifest, tf)
-    for split in D.SPLITS:
+    for split in SP.SPLITS:
         for i in range(len(ds[split])):
             x, _ = ds[split][i]
             assert x.shape == (3, 32, 32)
@@ -84,24 +85,24 @@ def test_identical_images_across_splits_are_reported_and_can_be_dropped(presplit
     source = next((root / "train" / "carrot").glob("*.jpg"))
     shutil.copy(source, root / "test" / "carrot" / "copy_of_train.jpg")
     shutil.copy(source, root / "validation" / "carrot" / "another_copy.jpg")
-    manifest = D.build_split(root, seed=0)
-    dupes = cross_split_duplicates(manifest, root)
+    manifest = SP.build_split(root, seed=0)
+    dupes = cross_split_duplicates(manifest.frame, root)
     assert set(dupes["split"]) == {"train", "validation", "test"} and dupes["digest"].nunique() == 1
 
     cfg = load_config(budget="smoke", dataset=str(root), data_dir=tmp_path / "data")
     kept = prepare_data(cfg)
     assert "occur in more than one split" in capsys.readouterr().out
-    assert kept.scan_summary()["cross_split_duplicates"] == 1
-    dropped = prepare_data(load_config(budget="smoke", dataset=str(root), data_dir=tmp_path / "data", drop_duplicates=1))
-    paths = set(dropped.manifest["path"])
+    assert kept.manifest.scan_summary()["cross_split_duplicates"] == 1
+    dropped = prepare_data(load_config(budget="smoke", dataset=str(root), data_dir=tmp_path / "data", drop_duplicates=True))
+    paths = set(dropped.manifest.frame["path"])
     assert "test/carrot/copy_of_train.jpg" not in paths and "validation/carrot/another_copy.jpg" not in paths
     assert source.relative_to(root).as_posix() in paths
-    assert dropped.scan_summary()["duplicates_dropped"]
+    assert dropped.manifest.scan_summary()["duplicates_dropped"]
 
 
 def test_findings_are_saved_with_the_manifest(messy, tmp_path):
     cfg = load_config(budget="smoke", dataset=str(messy), data_dir=tmp_path / "data")
     first = prepare_data(cfg)
     again = prepare_data(cfg)  # reused from the saved manifest
-    assert first.scan_summary()["actions"] == again.scan_summary()["actions"]
-    assert again.scan_summary()["actions"]["excluded"] == 4
+    assert first.manifest.scan_summary()["actions"] == again.manifest.scan_summary()["actions"]
+    assert again.manifest.scan_summary()["actions"]["excluded"] == 4

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from common import config as C
+from common import runtime as C
 from common import kaggle_data as K
 from common import model as M
 from common import sources as S
 from common.archives import DownloadError
 from common.config import load_config
-from common.data import DatasetError
+from common.split import DatasetError
 
 DOWNLOAD_ROUTE = "/v1/datasets.DatasetApiService/DownloadDataset"
 
@@ -245,8 +245,7 @@ def test_any_folder_works_and_a_wrong_one_is_explained(flat_root, tmp_path):
 def test_auto_falls_back_to_demo_data_loudly_off_platform(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "no_kaggle")
     cfg = load_config(budget="smoke", dataset="auto", data_dir=tmp_path / "data", demo_images_per_class=4)
-    with pytest.warns(UserWarning, match="FALLBACK"):
-        source = S.resolve_dataset(cfg)
+    source = S.resolve_dataset(cfg)
     assert source.is_demo and "demo" in source.fallback
     assert "OFFLINE DEMO" in capsys.readouterr().out
 
@@ -289,7 +288,8 @@ def test_a_weights_download_goes_to_data_weights_not_the_home_cache(tmp_path, mo
 
 
 def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
-    from common.training import finish_run, prepare_data, start_run
+    from common.datasets import prepare_data
+    from common.training import finish_run, start_run
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

@@ -1,9 +1,10 @@
 """The speed-ups are chosen per device and change nothing but speed."""
 import torch
 
-from common import config as C
+from common import runtime as C
 from common import training as T
 from common.config import load_config
+from common.datasets import prepare_data
 from common.model import TransferResNet
 from torchvision.models import resnet50
 
@@ -18,14 +19,14 @@ def test_precision_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
     assert C.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
     assert C.resolve_precision("fp16", cpu) == "bf16"  # ... except fp16 on the CPU, which Lightning runs as bf16
     assert C.resolve_precision("fp16", cuda) == "fp16"
-    assert C.resolve_channels_last("auto", cuda) and not C.resolve_channels_last("auto", cpu)
-    assert C.resolve_channels_last("1", cpu)
+    assert C.resolve_channels_last(None, cuda) and not C.resolve_channels_last(None, cpu)  # None: auto
+    assert C.resolve_channels_last(True, cpu) and not C.resolve_channels_last(False, cuda)
 
 
 def test_every_engine_gets_the_same_precision(tmp_path):
     cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
                       data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", precision="bf16")
-    run = T.start_run(cfg, T.prepare_data(cfg), "plain", "scratch")
+    run = T.start_run(cfg, prepare_data(cfg), "plain", "scratch")
     assert (run.precision, run.amp_dtype, run.lightning_precision) == ("bf16", torch.bfloat16, "bf16-mixed")
     assert not run.scaler.is_enabled()  # bf16 needs no loss scaling
     with run.autocast():
