@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .evaluation import dominant_prediction
 from .records import ENGINES, INITS, RunRecord, find_records
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
@@ -86,3 +87,60 @@ def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
             s = records[(engine, "scratch")].history["epoch_seconds"].mean()
             rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
     return pd.DataFrame(rows)
+
+
+def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
+    """Per run, at its last epoch: training and validation accuracy and loss, and the gaps between them
+    (training minus validation accuracy; validation minus training loss). Large gaps mean overfitting."""
+    rows = []
+    for record in records.values():
+        last = record.history.iloc[-1]
+        rows.append(dict(run=record.label, epoch=int(last["epoch"]), train_acc=last["train_acc"], val_acc=last["val_acc"],
+                         acc_gap=last["train_acc"] - last["val_acc"], loss_gap=last["val_loss"] - last["train_loss"]))
+    return pd.DataFrame(rows).set_index("run")
+
+
+def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
+    """One sentence per run about over- and underfitting, from its last epoch."""
+    lines = []
+    for run, row in gaps.iterrows():
+        if row["val_acc"] < chance + 0.1 and row["train_acc"] < chance + 0.1:
+            verdict = "learned next to nothing yet: training and validation accuracy both near chance"
+        elif row["acc_gap"] > 0.15:
+            verdict = f"fits its training images much better than new ones (gap {row['acc_gap']:+.2f}): overfitting"
+        elif row["acc_gap"] < -0.05:
+            verdict = ("does better on validation than on its own training batches, which see dropout and "
+                       "augmentation: no sign of overfitting, more epochs could help")
+        else:
+            verdict = f"training and validation accuracy are close (gap {row['acc_gap']:+.2f}): no overfitting yet"
+        lines.append(f"{run}: after epoch {row['epoch']}, train {row['train_acc']:.2f} vs validation "
+                     f"{row['val_acc']:.2f}: {verdict}.")
+    return lines
+
+
+def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
+    """Sentences, generated from the records, saying what these runs can and cannot show."""
+    metas = [record.meta for record in records.values()]
+    n = len(metas[0].class_names)
+    lines = [f"Chance level is {1 / n:.2f} ({n} classes, about equally many test images each)."]
+    if any(m.is_demo_data for m in metas):
+        lines.append("These runs used the offline demo data (drawn toy vegetables), not the real photographs: "
+                     "their accuracies say nothing about the real dataset.")
+    random = [r for r in records.values() if r.meta.random_transfer]
+    if random:
+        lines.append("The 'transfer' runs started from RANDOM weights (ImageNet weights were unavailable), so they "
+                     "transferred nothing: their frozen trunk computes random features that training never improves, "
+                     "and only layer4 and the head can adapt. This run cannot show what transfer learning gains.")
+        for record in random:
+            cls, share = dominant_prediction(record.predictions)
+            if share > 0.5:
+                lines.append(f"{record.label} predicts '{cls}' for {share:.0%} of the test images: with random, "
+                             "frozen features most images look alike to the head, so it falls back on one class. "
+                             "That is the lesson in reverse: what transfers is the features.")
+    for engine in dict.fromkeys(e for e, _ in records):
+        if (engine, "transfer") in records and (engine, "scratch") in records:
+            t, s = records[(engine, "transfer")].meta, records[(engine, "scratch")].meta
+            better = "transfer" if t.test_acc > s.test_acc else "scratch"
+            lines.append(f"{engine}: transfer {t.test_acc:.1%} vs scratch {s.test_acc:.1%} test accuracy after "
+                         f"{t.epochs_run} and {s.epochs_run} epochs: {better} did better here.")
+    return lines

@@ -80,6 +80,7 @@ class Config:
     resume: bool = field(default=True, **_help("on: continue an interrupted run from its last complete epoch; off: start over"))
     drop_duplicates: bool = field(default=False, **_help("on: drop evaluation copies of images that also occur in train"))
     deterministic: bool = field(default=False, **_help("on: ask for repeatable kernels (warn where none exist; slower on GPU)"))
+    progress: bool = field(default=True, **_help("on: progress bars while training; the main job turns them off (a saved notebook keeps a bar's first frame only)"))
     early_stopping: int = field(default=0, **_help("stop after this many epochs without a better validation accuracy (0: off)"))
     top_k: int = field(default=5, **_help("how many class probabilities each test prediction keeps"))
 
@@ -104,18 +105,24 @@ class Config:
         """Plain, JSON-friendly values (paths as strings) for run records."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
-    def show(self) -> None:
-        """Print the configuration, marking values that came from the environment."""
-        print("Configuration (override any field with TL_<FIELD>, e.g. TL_BUDGET=smoke):")
-        for f in fields(self):
-            source = "  <- env" if f"TL_{f.name.upper()}" in os.environ else ""
-            value = getattr(self, f.name)
+    def show(self, everything: bool = False) -> None:
+        """Print the settings a learner usually changes (``everything=True``: all of them), marking values
+        that came from the environment."""
+        names = [f.name for f in fields(self)] if everything else list(MAIN_SETTINGS)
+        for name in names:
+            f = next(f for f in fields(self) if f.name == name)
+            value = getattr(self, name)
             shown = "auto" if value is None and _is_switch(f) else value
-            print(f"  {f.name:<22} {shown!s:<28}{source}")
+            source = "  (from TL_" + name.upper() + ")" if f"TL_{name.upper()}" in os.environ else ""
+            print(f"  {name:<15} {shown!s:<12}{source}")
         print(f"  runtime: {detect_runtime()}, device: {pick_device(self.device)}, python {platform.python_version()}")
+        if not everything:
+            print(f"  ({len(fields(self)) - len(names)} more: cfg.show(everything=True); change any with "
+                  "load_config(name=value))")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAIN_SETTINGS = ("budget", "dataset", "weights", "epochs", "image_size", "batch_size", "lr", "seed")
 CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
 _SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 

@@ -76,7 +76,7 @@ def cache_decoded_images(cfg: Config, data: DataBundle) -> None:
     print(f"Decoding {sum(len(ds) for ds in datasets)} images once into memory ({size / 2**30:.2f} GB); "
           "later epochs only augment (cache_images=False turns this off).")
     for ds in datasets:
-        ds.cache_in_memory(cfg.num_workers)
+        ds.cache_in_memory(cfg.num_workers, progress=cfg.progress)
 
 
 @dataclass(frozen=True)
@@ -173,12 +173,16 @@ class ImageListDataset(Dataset):
         from tqdm.auto import tqdm
         first = self.decoded(0)
         cache = torch.empty((len(self), *first.shape), dtype=torch.uint8)
-        loader = DataLoader(_Decoded(self), batch_size=64, num_workers=num_workers)
-        done = 0
-        for batch in tqdm(loader, desc=f"decoding {len(self)} images once", disable=not progress,
-                          mininterval=5, leave=False):
-            cache[done:done + len(batch)] = batch
-            done += len(batch)
+        batches = iter(DataLoader(_Decoded(self), batch_size=64, num_workers=num_workers))
+        with tqdm(total=len(self), desc=f"decoding {len(self)} images once", disable=not progress,
+                  mininterval=5, leave=False) as bar:
+            for batch in batches:
+                cache[bar.n:bar.n + len(batch)] = batch
+                bar.update(len(batch))
+        # Release the iterator here, so that its worker shuts down in this process. Wrapped in a notebook's
+        # progress bar it stayed alive and was finalised inside a later loader's forked worker, which printed
+        # "Exception ignored ... AssertionError: can only test a child process".
+        del batches
         self.cache = cache
 
 

@@ -52,7 +52,15 @@ def per_class_report(predictions: pd.DataFrame, class_names: list[str]) -> pd.Da
     """Precision, recall, F1 and support per class (scikit-learn's report as a table)."""
     report = classification_report(predictions["true"], predictions["pred"], labels=class_names,
                                     output_dict=True, zero_division=0)
-    return pd.DataFrame(report).T
+    report.pop("accuracy", None)  # a single number, not a row: scikit-learn would spread it over every column
+    table = pd.DataFrame(report).T
+    return table.astype({"support": int})
+
+
+def dominant_prediction(predictions: pd.DataFrame) -> tuple[str, float]:
+    """The class predicted most often, and the share of test images it was predicted for."""
+    counts = predictions["pred"].value_counts(normalize=True)
+    return str(counts.index[0]), float(counts.iloc[0])
 
 
 def prediction_topk_accuracy(predictions: pd.DataFrame, k: int) -> float:

@@ -157,13 +157,13 @@ def build_model(num_classes: int, init: str, weights: str = "auto", dropout: flo
     raise ValueError(f"init must be 'transfer' or 'scratch', not {init!r}")
 
 
-def parameter_summary(model: nn.Module) -> dict[str, int]:
-    """Trainable and total parameter counts, and trainable counts per top-level block."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    per_block = {name: sum(p.numel() for p in child.parameters() if p.requires_grad)
-                 for name, child in model.named_children()}
-    return dict(trainable=trainable, total=total, **{f"trainable_{k}": v for k, v in per_block.items()})
+def parameter_summary(model: nn.Module) -> dict:
+    """Trainable and total parameter counts, for the model and per top-level block (``blocks``)."""
+    def count(module: nn.Module) -> dict[str, int]:
+        return dict(trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
+                    total=sum(p.numel() for p in module.parameters()))
+
+    return dict(count(model), blocks={name: count(child) for name, child in model.named_children()})
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

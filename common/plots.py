@@ -1,4 +1,8 @@
-"""Plots: the figures of the notebooks, with one colour and order for transfer and scratch across the suite."""
+"""Plots: the figures of the notebooks, with one colour and order for transfer and scratch across the suite.
+
+Every figure has a title and a caption (dataset, budget, and any fallback taken), so that a figure
+seen on its own still says what it shows and how far to trust it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +10,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from PIL import Image
+
+from .records import INITS
 
 INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
 ENGINE_MARKERS = {"plain": "o", "ignite": "s", "lightning": "^"}
+FROZEN_COLOUR, TRAINABLE_COLOUR = "#bbbbbb", "#2ca02c"
 
 
 def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
@@ -21,16 +29,35 @@ def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
     return path
 
 
-def label_text(*metas) -> str:
-    """The caption every figure carries: dataset, budget and every fallback the runs took."""
-    fallbacks = sorted({f for meta in metas for f in meta.fallbacks})
-    text = f"dataset: {metas[0].dataset} | budget: {metas[0].budget}"
+def caption_text(dataset: str, budget: str, fallbacks=()) -> str:
+    """The caption every figure carries: dataset, budget and every fallback taken."""
+    text = f"dataset: {dataset} | budget: {budget}"
     if fallbacks:
-        text += " | FALLBACK: " + "; ".join(fallbacks)
+        text += " | FALLBACK: " + "; ".join(sorted(set(fallbacks)))
     return text
 
 
-def show_samples(dataset, class_names: list[str], per_class: int = 4, size: float = 1.6) -> plt.Figure:
+def label_text(*metas) -> str:
+    """The caption for figures made from run records (their dataset, budget and fallbacks)."""
+    return caption_text(metas[0].dataset, metas[0].budget, [f for meta in metas for f in meta.fallbacks])
+
+
+def _finish(fig: plt.Figure, title: str, caption: str) -> plt.Figure:
+    fig.suptitle(title, fontsize=11, y=1.0)
+    fig.tight_layout()
+    if caption:
+        fig.text(0.5, -0.01, caption, ha="center", va="top", fontsize=8, color="#555555", wrap=True)
+    return fig
+
+
+def in_suite_order(keyed: dict) -> dict:
+    """(engine, init)-keyed items ordered as everywhere in the suite: engines in order, transfer before scratch."""
+    engines = list(ENGINE_MARKERS)
+    rank = lambda key: (engines.index(key[0]) if key[0] in engines else 99, INITS.index(key[1]) if key[1] in INITS else 99)
+    return dict(sorted(keyed.items(), key=lambda item: rank(item[0])))
+
+
+def show_samples(dataset, class_names: list[str], per_class: int = 4, size: float = 1.6, caption: str = "") -> plt.Figure:
     """A grid of raw images (not normalised): one row per class, with labels."""
     by_class: dict[int, list[str]] = {}
     for path, label in zip(dataset.paths, dataset.labels):
@@ -46,11 +73,10 @@ def show_samples(dataset, class_names: list[str], per_class: int = 4, size: floa
                     ax.imshow(img.convert("RGB"))
             if j == 0:
                 ax.set_title(name, fontsize=9, loc="left")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, "Training images as they are on disk", caption)
 
 
-def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8) -> plt.Figure:
+def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8, caption: str = "") -> plt.Figure:
     """One training image on its way to the model: the decoded square (decoded once, what the cache
     keeps), then what the augmentation makes of it in successive epochs, un-normalised for display."""
     normalise = dataset.transform.augment.transforms[-1]
@@ -58,90 +84,102 @@ def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8) 
     views = [dataset.decoded(index).numpy() / 255.0]
     views += [dataset[epoch * len(dataset) + index][0].numpy() * std + mean for epoch in range(epochs)]
     titles = ["decoded (kept)"] + [f"epoch {epoch + 1}" for epoch in range(epochs)]
-    fig, axes = plt.subplots(1, len(views), figsize=(len(views) * size, size * 1.15), squeeze=False)
+    fig, axes = plt.subplots(1, len(views), figsize=(len(views) * size, size * 1.3), squeeze=False)
     for ax, view, title in zip(axes[0], views, titles):
         ax.imshow(np.clip(view.transpose(1, 2, 0), 0, 1))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    return fig
+    return _finish(fig, "One training image: decoded once, augmented anew every epoch", caption)
 
 
-def plot_counts(counts: pd.DataFrame) -> plt.Figure:
+def plot_counts(counts: pd.DataFrame, caption: str = "") -> plt.Figure:
     """Images per class, stacked by split."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(counts)), 3))
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(counts)), 3.2))
     counts.plot.bar(stacked=True, ax=ax)
-    ax.set_ylabel("images")
-    ax.set_xlabel("")
-    ax.set_title("Images per class and split")
-    fig.tight_layout()
-    return fig
+    ax.set(ylabel="images", xlabel="")
+    ax.legend(title="split", fontsize=8)
+    return _finish(fig, "Images per class and split", caption)
 
 
-def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "") -> plt.Figure:
-    """Loss and accuracy per epoch, train dashed and validation solid, one colour per
-    initialisation and one marker per engine. Keys are (engine, init)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
+    """Trainable and frozen parameters per block of the model, on a linear scale."""
+    blocks = {name: sizes for name, sizes in summary.items()}
+    names = list(blocks)
+    trainable = np.array([blocks[n]["trainable"] for n in names]) / 1e6
+    frozen = np.array([blocks[n]["total"] - blocks[n]["trainable"] for n in names]) / 1e6
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(names) + 1.4))
+    ax.barh(names, trainable, color=TRAINABLE_COLOUR, label="trainable")
+    ax.barh(names, frozen, left=trainable, color=FROZEN_COLOUR, label="frozen")
+    for i, (t, f) in enumerate(zip(trainable, frozen)):
+        ax.text(t + f, i, f"  {t:.2f} M trainable" + (f", {f:.2f} M frozen" if f else ""), va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("parameters (millions)")
+    ax.set_xlim(0, max(trainable + frozen) * 1.6)
+    ax.legend(fontsize=8, loc="lower right")
+    return _finish(fig, "What trains: parameters per block", caption)
+
+
+def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "", chance: float | None = None) -> plt.Figure:
+    """Loss, accuracy and learning rate per epoch. Colour: initialisation; marker: engine; dashed: training,
+    solid: validation; a grey line marks chance accuracy."""
+    histories = in_suite_order(histories)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 3.9))
     for (engine, init), h in histories.items():
         style = dict(color=INIT_COLOURS.get(init), marker=ENGINE_MARKERS.get(engine), markersize=4)
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
-            ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", label=f"{engine} / {init}", **style)
-    ax_loss.set(title="Loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="cross-entropy")
-    ax_acc.set(title="Accuracy (dashed: train, solid: validation)", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax_acc.legend(fontsize=8)
-    for ax in (ax_loss, ax_acc):
+            ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", **style)
+        ax_lr.plot(h["epoch"], h["lr"], linestyle="-", **style)
+    if chance is not None:
+        ax_acc.axhline(chance, color="grey", linewidth=1, linestyle=":")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    ax_lr.set(title="Learning rate used in the epoch", xlabel="epoch", ylabel="learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    if caption:
-        fig.suptitle(caption, fontsize=9, y=1.02)
-    fig.tight_layout()
-    return fig
+    handles = [Line2D([], [], color=INIT_COLOURS.get(i), marker=ENGINE_MARKERS.get(e), label=f"{e} / {i}")
+               for e, i in histories]
+    handles += [Line2D([], [], color="black", linestyle="--", label="training"),
+                Line2D([], [], color="black", linestyle="-", label="validation")]
+    if chance is not None:
+        handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
+    ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    return _finish(fig, "Learning curves", caption)
 
 
-def plot_trainable(summary: dict[str, int]) -> plt.Figure:
-    """Trainable parameters per block of the model (log scale)."""
-    blocks = {k.removeprefix("trainable_"): v for k, v in summary.items() if k.startswith("trainable_")}
-    fig, ax = plt.subplots(figsize=(6, 2.6))
-    ax.barh(list(blocks), [max(v, 1) for v in blocks.values()], color="#2ca02c")
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale; 1 means none)")
-    for i, v in enumerate(blocks.values()):
-        ax.text(max(v, 1), i, f" {v:,}", va="center", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0) -> plt.Figure:
+def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0, title: str = "",
+               caption: str = "") -> plt.Figure:
     """Images with a title each (used for misclassified examples)."""
     rows = max(1, int(np.ceil(len(paths) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.4)), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.5)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, path, title in zip(axes.flat, paths, titles):
+    for ax, path, text in zip(axes.flat, paths, titles):
         with Image.open(path) as img:
             ax.imshow(img.convert("RGB"))
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    return fig
+        ax.set_title(text, fontsize=7)
+    return _finish(fig, title, caption)
 
 
 def plot_epoch_times(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "") -> plt.Figure:
     """Every epoch's wall time per (engine, init), as points over a box: the spread, not just a mean."""
+    histories = in_suite_order(histories)
     keys = list(histories)
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(keys)), 3.6))
     data = [histories[k]["epoch_seconds"].to_numpy() for k in keys]
-    ax.boxplot(data, widths=0.5, showfliers=False)
+    ax.boxplot(data, widths=0.5, showfliers=False, medianprops=dict(color="black"))
     for i, (k, values) in enumerate(zip(keys, data), start=1):
         ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values,
                    color=INIT_COLOURS.get(k[1]), marker=ENGINE_MARKERS.get(k[0]), zorder=3, s=18)
     ax.set_xticks(range(1, len(keys) + 1), [f"{e}\n{i}" for e, i in keys], fontsize=8)
     ax.set_ylabel("seconds per epoch")
-    ax.set_title("Epoch wall time (train + validation)")
     ax.grid(axis="y", alpha=0.3)
-    if caption:
-        fig.suptitle(caption, fontsize=9, y=1.02)
-    fig.tight_layout()
-    return fig
+    handles = [Line2D([], [], color=INIT_COLOURS[i], marker="o", linestyle="", label=i)
+               for i in INITS if any(k[1] == i for k in keys)]
+    handles += [Line2D([], [], color="black", label="median; box: middle half of the epochs")]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    return _finish(fig, "Epoch wall time (training and validation), every epoch", caption)
 
 
 def plot_confusions(matrices: dict[str, pd.DataFrame], caption: str = "") -> plt.Figure:
@@ -159,22 +197,16 @@ def plot_confusions(matrices: dict[str, pd.DataFrame], caption: str = "") -> plt
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.tick_params(labelsize=max(4, min(9, 220 // n)))
-    if caption:
-        fig.suptitle(caption + " | rows normalised per true class", fontsize=9, y=1.0)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, "Confusion matrices on the test split (rows normalised per true class)", caption)
 
 
 def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Figure:
     """Per-class test accuracy against the number of training images of that class, per initialisation."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for init, part in per_class.groupby("init"):
+    for init in [i for i in INITS if i in set(per_class["init"])]:
+        part = per_class[per_class["init"] == init]
         ax.scatter(part["train_images"], part["accuracy"], label=init, color=INIT_COLOURS.get(init), alpha=0.8)
-    ax.set(xlabel="training images of the class", ylabel="test accuracy (recall)", ylim=(-0.02, 1.02),
-           title="Per-class accuracy against class size")
+    ax.set(xlabel="training images of the class (as trained)", ylabel="test accuracy (recall)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    if caption:
-        fig.suptitle(caption, fontsize=9, y=1.02)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, "Per-class accuracy against class size", caption)

@@ -52,7 +52,7 @@ class RunMeta:
     class_names: list[str]
     scan: dict
     weights_source: str
-    parameters: dict[str, int]
+    parameters: dict  # trainable and total counts, and per block ("blocks")
     device: str
     precision: str
     seed: int

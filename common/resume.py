@@ -95,6 +95,14 @@ def save_resume_point(run: TrainingRun, progress: RunProgress) -> None:
                                               progress=progress.state_dict()))
 
 
+def resume_or_start(run: TrainingRun) -> RunProgress:
+    """The run's progress: restored from its resume point after a disconnect (with the model, optimizer,
+    schedule and scaler), else new."""
+    progress = RunProgress(run)
+    load_resume_point(run, progress)
+    return progress
+
+
 def load_resume_point(run: TrainingRun, progress: RunProgress) -> bool:
     """Restore model, optimizer, schedule and progress from the record's resume point; True if something was resumed."""
     state = read_resume_point(run, run.record.resume)

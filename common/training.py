@@ -54,6 +54,12 @@ class TrainingRun:
         return {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.precision, "32-true")
 
 
+def epoch_line(init: str, row: dict) -> str:
+    """One line per epoch, the same in every engine."""
+    return (f"{init:>8} epoch {row['epoch']}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
+            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | {row['epoch_seconds']:.1f} s")
+
+
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Adam over the trainable parameters only: frozen ones get no state and no updates."""
     return torch.optim.Adam(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)

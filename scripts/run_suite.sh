@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p runs/notebooks
+# Saved notebooks keep only a progress bar's first frame: headless runs show the per-epoch lines instead.
+export TL_PROGRESS=${TL_PROGRESS:-off}
 for nb in notebooks/[0-9]*.ipynb; do
   echo "== $(date +%T) running $nb"
   start=$(date +%s)

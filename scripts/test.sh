@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export TL_BUDGET=smoke TL_RUNS_DIR="$PWD/runs/test" TL_DATA_DIR="$PWD/runs/test-data"
+export TL_BUDGET=smoke TL_PROGRESS=off TL_RUNS_DIR="$PWD/runs/test" TL_DATA_DIR="$PWD/runs/test-data"
 rm -rf "$TL_RUNS_DIR"
 .venv/bin/python -m pytest tests --nbmake notebooks --nbmake-timeout=600 "$@"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
 # A tiny, fast configuration for running the engine notebooks in tests.
 TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12", TL_EPOCHS="2",
-            TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random")
+            TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random", TL_PROGRESS="off")
 
 
 def tiny_env(base: Path, runs: Path | None = None) -> dict:
@@ -23,14 +24,22 @@ def tiny_env(base: Path, runs: Path | None = None) -> dict:
                 MPLBACKEND="Agg")
 
 
-def run_notebook(nb, env: dict) -> None:
-    """Execute a notebook (a path or a NotebookNode) in a fresh kernel with ``env``, as nbmake would."""
+def run_notebook(nb, env: dict):
+    """Execute a notebook (a path or a NotebookNode) in a fresh kernel with ``env``, as nbmake would; return it
+    with its outputs."""
     import nbformat
     from nbclient import NotebookClient
 
     if not isinstance(nb, nbformat.NotebookNode):
         nb = nbformat.read(NOTEBOOKS / nb, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+    return nb
+
+
+def things_to_try(nb) -> list[str]:
+    """The code snippets of a notebook's "Things to try" (fenced python blocks in its summary)."""
+    summary = next(c for c in nb.cells if c.cell_type == "markdown" and "Things to try" in c.source)
+    return re.findall(r"```python\n(.*?)```", summary.source, re.S)
 
 
 def make_meta(**changes) -> RunMeta:
@@ -51,10 +60,24 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine_runs(tiny_base):
-    """The three engine notebooks, run once per session on the TINY settings: the reference runs."""
-    for name in ENGINE_NOTEBOOKS.values():
-        run_notebook(name, tiny_env(tiny_base))
+def executed_suite(tiny_base) -> dict:
+    """Every notebook in reading order, executed once per session on the TINY settings as a learner would run
+    it, with each of its "Things to try" snippets pasted into a new cell at the end. Returns the executed
+    notebooks by name. The snippets write their records elsewhere (runs/try), so the engines' records stay
+    the reference runs."""
+    import nbformat
+
+    executed = {}
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nb.cells.extend(nbformat.v4.new_code_cell(snippet) for snippet in things_to_try(nb))
+        executed[path.name] = run_notebook(nb, tiny_env(tiny_base))
+    return executed
+
+
+@pytest.fixture(scope="session")
+def engine_runs(executed_suite, tiny_base):
+    """The run records the engine notebooks wrote in the executed suite: the reference runs."""
     return {(e, i): RunRecord.at(tiny_base / "runs", "demo", e, i).check_complete() for e in ENGINES for i in INITS}
 
 

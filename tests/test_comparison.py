@@ -35,9 +35,10 @@ def _record(runs_dir, engine, init, history, preds, trainable, **meta):
     record = RunRecord.at(runs_dir, "toy", engine, init)
     record.write_history(history.to_dict("records"))
     record.write_predictions(preds)
+    meta = dict(dict(weights_source="imagenet" if init == "transfer" else "random"), **meta)
     record.write_meta(make_meta(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()),
                                 best_epoch=int(history["val_acc"].idxmax()) + 1, parameters=dict(trainable=trainable),
-                                weights_source="imagenet" if init == "transfer" else "random", **meta))
+                                **meta))
     return RunRecord.at(runs_dir, "toy", engine, init)
 
 
@@ -107,5 +108,51 @@ def test_confusion_figure_scales_to_many_classes(n, tmp_path):
 def test_figures_carry_the_fallback_label():
     text = P.label_text(make_meta(dataset="demo", fallbacks=["random weights used"]), make_meta(fallbacks=["demo data"]))
     assert "FALLBACK" in text and "demo" in text and "smoke" in text and "demo data; random weights used" in text
-    fig = P.plot_epoch_times({("plain", "transfer"): _history([0.1], [3.0])}, caption=text)
-    assert fig._suptitle.get_text() == text
+    fig = P.plot_epoch_times({("plain", "scratch"): _history([0.1], [3.0]), ("plain", "transfer"): _history([0.1], [2.0])},
+                             caption=text)
+    assert text in [t.get_text() for t in fig.texts] and fig._suptitle.get_text().startswith("Epoch wall time")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["plain\ntransfer", "plain\nscratch"]  # one order
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["transfer", "scratch"]
+
+
+def test_the_history_figure_shows_the_schedule_and_chance():
+    fig = P.plot_history({("plain", "transfer"): _history([0.5, 0.8], [2, 2])}, caption="c", chance=1 / 6)
+    loss, acc, lr = fig.axes
+    assert lr.get_title().startswith("Learning rate") and list(lr.lines[0].get_ydata()) == [1e-3, 1e-3]
+    assert any(list(line.get_ydata()) == [1 / 6, 1 / 6] for line in acc.lines)  # the chance line
+    assert "chance (0.17)" in [t.get_text() for t in acc.get_legend().get_texts()]
+
+
+def test_trainable_figure_is_linear_and_shows_what_is_frozen():
+    from torchvision.models import resnet50
+
+    from common.model import TransferResNet, parameter_summary
+    summary = parameter_summary(TransferResNet(resnet50(weights=None), 5))
+    fig = P.plot_trainable(summary["blocks"], caption="c")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear"
+    bars = {(p.get_y(), p.get_facecolor()[:3]) for p in ax.patches if p.get_width() > 0}
+    grey = tuple(np.round(matplotlib.colors.to_rgb(P.FROZEN_COLOUR), 3))
+    assert any(tuple(np.round(c, 3)) == grey for _, c in bars)  # the frozen trunk is drawn, not hidden as "1"
+
+
+def test_the_report_keeps_support_as_counts():
+    p = _preds(["a", "a", "b", "c"], ["a", "b", "b", "c"])
+    report = E.per_class_report(p, CLASSES)
+    assert "accuracy" not in report.index and report["support"].dtype.kind == "i"
+    assert report.loc["a", "support"] == 2 and report.loc["macro avg", "support"] == 4
+
+
+def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
+    collapsed = _preds(["a", "b", "c", "a"], ["a", "a", "a", "a"])
+    runs = {("plain", "transfer"): _record(tmp_path, "plain", "transfer", _history([0.3, 0.35], [2, 2]), collapsed, 10,
+                                           weights_source="random"),
+            ("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.5, 0.9], [4, 4]),
+                                          _preds(["a", "b"], ["a", "b"]), 30)}
+    text = " ".join(C.what_the_runs_show(runs))
+    assert "RANDOM weights" in text and "cannot show" in text and "predicts 'a' for 100% of the test images" in text
+    assert "demo data" in text and "scratch did better here" in text and "Chance level is 0.33" in text
+    gaps = C.fit_gaps(runs)
+    assert gaps.loc["plain / scratch", "acc_gap"] == pytest.approx(0.0)
+    lines = C.describe_fit(gaps.assign(train_acc=[0.35, 0.99], acc_gap=[0.0, 0.09 + 0.5 * 0.2]), chance=1 / 3)
+    assert "near chance" in lines[0] and "overfitting" in lines[1]

@@ -91,3 +91,28 @@ def test_no_file_name_of_the_record_is_spelled_outside_its_module():
 def test_dataframe_attrs_are_not_used():
     places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("tests/*.py")]
     assert not [p.name for p in places if p != Path(__file__) and ".attrs" in p.read_text()]
+
+
+def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
+    """Caps that bind: the record's per-class counts are those trained (not the whole split), and
+    top_k=3 reaches the predictions, the metric and the summary."""
+    from common.compare import summary_table
+    from common.config import load_config
+    from common.datasets import prepare_data
+    from common.split import Manifest
+    from common.training import finish_run, start_run
+
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                      train_per_class=4, eval_per_class=2, top_k=3, data_dir=tmp_path / "data",
+                      runs_dir=tmp_path / "runs")
+    data = prepare_data(cfg)
+    whole = Manifest.load(data.full_manifest_path)
+    assert whole.counts()["train"].min() > 4  # the caps bind
+    run = start_run(cfg, data, "plain", "scratch")
+    row = dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
+    finish_run(run, [row], run.model.state_dict())
+    record = R.RunRecord.at(cfg.runs_dir, "demo", "plain", "scratch")
+    assert record.meta.train_counts().eq(4).all() and len(record.meta.train_counts()) == 6
+    assert Manifest.load(record.meta.split_manifest).counts()["train"].eq(4).all()
+    assert record.meta.top_k == 3 and "top3_class" in record.predictions and "top4_class" not in record.predictions
+    assert "test_top3" in summary_table({("plain", "scratch"): record}).columns

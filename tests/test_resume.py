@@ -36,7 +36,7 @@ def resume_marker(runs, engine):
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
 def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, engine_runs, tiny_base, tmp_path):
     runs = tmp_path / "runs"
-    env = tiny_env(tiny_base, runs)
+    env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on")  # the progress bars' code paths, as text
     script = tmp_path / f"notebook_{engine}_as_script.py"
     script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine]))
     marker = resume_marker(runs, engine)

@@ -1,0 +1,84 @@
+"""The notebooks as a learner reads them: clean outputs, the lessons' own checks, exercises that work as written,
+and one concept table for the three engines."""
+from __future__ import annotations
+
+import json
+import re
+import nbformat
+import pytest
+from conftest import NOTEBOOKS, things_to_try
+
+ROOT = NOTEBOOKS.parent
+ALL = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+# What must never reach a learner's eyes in an executed notebook.
+NOISE = re.compile(r"Traceback|Exception ignored|[A-Za-z]*Warning\b|warn\(|GPU available|💡|Tip:|litlogger|"
+                   r"litmodels|`Trainer.fit` stopped|\d+%\|")
+
+
+def _texts(cell) -> list[tuple[str, str]]:
+    """(kind, text) of every output of a cell."""
+    out = []
+    for o in cell.get("outputs", []):
+        if o["output_type"] == "stream":
+            out.append((o["name"], o["text"]))
+        elif o["output_type"] == "error":
+            out.append(("error", "\n".join(o["traceback"])))
+        else:
+            out.append((o["output_type"], str(o.get("data", {}).get("text/plain", ""))))
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_executed_notebooks_read_clean(name, executed_suite):
+    """No traceback, warning, library advert or stale progress bar in any output, nothing on stderr."""
+    problems = [f"cell {i} ({kind}): {text[:300]!r}" for i, cell in enumerate(executed_suite[name].cells)
+                for kind, text in _texts(cell) if kind in ("stderr", "error") or NOISE.search(text)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_noise_check_catches_what_it_must():
+    for text in ("Exception ignored in: <function _MultiProcessingDataLoaderIter.__del__>",
+                 "UserWarning: something", "GPU available: False, used: False", "  0%|          | 0/6",
+                 "💡 Tip: For seamless cloud uploads"):
+        assert NOISE.search(text), text
+    assert not NOISE.search("transfer epoch 1: train loss 1.797 acc 0.183 | val loss 1.790 acc 0.167 | 2.1 s")
+
+
+def test_notebook_00_builds_the_model_in_view_and_shows_the_batchnorm_trap(executed_suite):
+    text = "".join(t for cell in executed_suite["00_data_and_model.ipynb"].cells for _, t in _texts(cell))
+    assert "requires_grad_(False) alone: the frozen BatchNorm statistics moved: True" in text
+    assert "with the recipe: the frozen BatchNorm statistics stayed put: True" in text
+    assert "same parameter names: True; same trainable counts: True; same outputs: True" in text
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_notebook_has_things_to_try_that_ran(name, executed_suite):
+    """The fixture pasted each snippet into a new cell at the end and ran it; here: they exist and produced output."""
+    snippets = things_to_try(nbformat.read(NOTEBOOKS / name, as_version=4))
+    assert snippets, f"{name} has no runnable things to try"
+    executed = executed_suite[name].cells[-len(snippets):]
+    assert [c.source for c in executed] == snippets and all(c.outputs or "save_figure" in c.source for c in executed)
+    assert not re.search(r"TL_[A-Z_]+=", "".join(snippets)), "exercises set values in the notebook, not in the environment"
+
+
+def _concept_table(text: str) -> str:
+    start = text.index("| concept | plain loop (01) |")
+    return text[start:text.index("\n\n", start)].strip()
+
+
+def test_one_concept_table_everywhere():
+    readme = _concept_table((ROOT / "README.md").read_text())
+    rows = [line.split("|")[1].strip() for line in readme.splitlines()[2:]]
+    assert rows == ["data", "device", "precision and scaler", "step", "evaluation", "metrics", "schedule",
+                    "checkpointing", "early stopping", "resume", "progress bar", "logging", "timing"]
+    for name in ("01_plain_pytorch.ipynb", "02_ignite.ipynb", "03_lightning.ipynb"):
+        cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+        text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown") + "\n\n"
+        assert _concept_table(text) == readme, name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_setup_cell_is_collapsed_with_a_title(name):
+    cell = next(c for c in json.loads((NOTEBOOKS / name).read_text())["cells"] if c["cell_type"] == "code")
+    assert cell["source"][0].startswith("#@title ") and cell["metadata"].get("cellView") == "form"
+    assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
