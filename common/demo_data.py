@@ -163,6 +163,15 @@ def _presplit_part(i: int, n: int) -> str:
     return "train" if frac < 0.7 else ("validation" if frac < 0.85 else "test")
 
 
+def read_boxes(root: Path) -> dict[str, tuple[int, int, int, int]] | None:
+    """Where each vegetable of a demo dataset was drawn: relative path -> (x0, y0, x1, y1); None if unknown."""
+    path = Path(root) / BOXES_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return {row["path"]: tuple(int(row[c]) for c in BOX_COLUMNS[1:]) for row in csv.DictReader(f)}
+
+
 def _csv(rows: list) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
