@@ -206,8 +206,8 @@ def upload_handler(model: torch.nn.Module, info: ModelInfo, k: int = 3, folder: 
     return on_upload
 
 
-def upload_widget(model: torch.nn.Module, info: ModelInfo, k: int = 3, caption: str = ""):
-    """A ``FileUpload`` button (Colab, JupyterLab) whose uploads are classified below it."""
+def upload_widget(model: torch.nn.Module, info: ModelInfo, k: int = 3, caption: str = "", folder: Path | None = None):
+    """A ``FileUpload`` button (Colab, JupyterLab) whose uploads are saved to ``folder`` and classified below it."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -224,5 +224,5 @@ def upload_widget(model: torch.nn.Module, info: ModelInfo, k: int = 3, caption: 
                 display(plot_topk(table, k, caption))
                 plt.close("all")
 
-    upload.observe(upload_handler(model, info, k, show=show), names="value")
+    upload.observe(upload_handler(model, info, k, folder, show=show), names="value")
     return widgets.VBox([upload, output])
