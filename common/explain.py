@@ -72,7 +72,8 @@ def box_mass_table(model: nn.Module, images: torch.Tensor, targets, boxes: list)
 
 def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: dict[str, list[str]],
                  boxes: list | None = None, caption: str = "", size: float = 2.0):
-    """One row per image: the image (with its box), then one heatmap overlay per model (column)."""
+    """One row per image: the image (with its box), then one heatmap overlay per model (column).
+    ``titles`` has a list per column name, and optionally ``"input"`` for the first column."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -80,7 +81,7 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
     fig, axes = plt.subplots(n, cols, figsize=(cols * size, n * (size + 0.35)), squeeze=False)
     for i, img in enumerate(images):
         axes[i][0].imshow(img)
-        axes[i][0].set_title("input" + (" + box" if boxes else ""), fontsize=7)
+        axes[i][0].set_title(titles["input"][i] if "input" in titles else "input", fontsize=7)
         for j, (name, maps) in enumerate(columns.items(), start=1):
             axes[i][j].imshow(img)
             axes[i][j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
