@@ -7,6 +7,8 @@ notebook runs anywhere without a download; it is NOT the real dataset.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from .io import folder_swapped_in
 
 CLASSES = ("broccoli", "carrot", "cucumber", "eggplant", "pumpkin", "tomato")
 _CANVAS = 128  # each vegetable is drawn on a canvas this size, then placed
+BOXES_FILE = "boxes.csv"
+BOX_COLUMNS = ("path", "x0", "y0", "x1", "y1")  # path relative to the dataset root; pixels of the saved image
 
 
 def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = 25) -> tuple[int, ...]:
@@ -92,8 +96,9 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return img
 
 
-def draw_vegetable(class_name: str, rng: np.random.Generator, size: int = 96) -> Image.Image:
-    """One RGB image of ``class_name`` with random pose, scale, background and noise."""
+def draw_vegetable(class_name: str, rng: np.random.Generator, size: int = 96) -> tuple[Image.Image, tuple[int, ...]]:
+    """One RGB image of ``class_name`` with random pose, scale, background and noise, and where the vegetable
+    is: the box (x0, y0, x1, y1; x1 and y1 exclusive) of its non-transparent pixels, clipped to the image."""
     layer = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     _DRAWERS[class_name](ImageDraw.Draw(layer), rng)
     layer = layer.rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR)
@@ -102,10 +107,12 @@ def draw_vegetable(class_name: str, rng: np.random.Generator, size: int = 96) ->
     img = _background(rng, size)
     x, y = rng.integers(-side // 6, size - side + side // 6 + 1, 2)
     img.paste(layer, (int(x), int(y)), layer)
+    lx0, ly0, lx1, ly1 = layer.getchannel("A").getbbox()
+    box = (max(0, int(x) + lx0), max(0, int(y) + ly0), min(size, int(x) + lx1), min(size, int(y) + ly1))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     noise = rng.normal(0, rng.uniform(3, 14), (size, size, 3))
-    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)), box
 
 
 def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, seed: int = 0,
@@ -115,13 +122,16 @@ def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, s
     ``layout="flat"`` gives ``root/<class>/*.jpg`` (split later by the suite);
     ``layout="presplit"`` gives ``root/{train,validation,test}/<class>/*.jpg``
     in 70/15/15 proportions, like the Kaggle vegetable dataset.
+    ``root/boxes.csv`` records where each vegetable was drawn (:data:`BOX_COLUMNS`, saved image's pixels),
+    so that an explanation of a prediction can be checked against the truth.
     """
     root = Path(root)
-    stamp = dict(generator="toy-vegetables-v1", images_per_class=images_per_class,
+    stamp = dict(generator="toy-vegetables-v2", images_per_class=images_per_class,
                  image_size=image_size, seed=seed, layout=layout, classes=list(classes))
     stamp_file = root / "dataset.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return root
+    boxes = []
     # Drawn into a temporary sibling, then swapped in: an interrupted run never leaves a folder that looks complete.
     with folder_swapped_in(root) as tmp:
         for ci, name in enumerate(classes):
@@ -131,7 +141,10 @@ def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, s
                 folder = tmp / part / name
                 folder.mkdir(parents=True, exist_ok=True)
                 drawing = name if name in _DRAWERS else CLASSES[ci % len(CLASSES)]  # more classes reuse the drawings
-                draw_vegetable(drawing, rng, image_size).save(folder / f"{name}_{i:04d}.jpg", quality=90)
+                img, box = draw_vegetable(drawing, rng, image_size)
+                img.save(folder / f"{name}_{i:04d}.jpg", quality=90)
+                boxes.append(((folder / f"{name}_{i:04d}.jpg").relative_to(tmp).as_posix(), *box))
+        (tmp / BOXES_FILE).write_text(_csv([BOX_COLUMNS, *boxes]))
         (tmp / "dataset.json").write_text(json.dumps(stamp, indent=1))
     return root
 
@@ -139,3 +152,18 @@ def make_demo_dataset(root: Path, images_per_class: int, image_size: int = 96, s
 def _presplit_part(i: int, n: int) -> str:
     frac = i / n
     return "train" if frac < 0.7 else ("validation" if frac < 0.85 else "test")
+
+
+def read_boxes(root: Path) -> dict[str, tuple[int, int, int, int]] | None:
+    """Where each vegetable of a demo dataset was drawn: relative path -> (x0, y0, x1, y1); None if unknown."""
+    path = Path(root) / BOXES_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return {row["path"]: tuple(int(row[c]) for c in BOX_COLUMNS[1:]) for row in csv.DictReader(f)}
+
+
+def _csv(rows: list) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()

@@ -144,6 +144,21 @@ class RunRecord:
         return self.engine_dir / "last.ckpt"
 
     @property
+    def exported_program(self) -> Path:
+        """The model as a ``torch.export`` program (notebook 06)."""
+        return self.folder / "model.pt2"
+
+    @property
+    def onnx_model(self) -> Path:
+        """The model as an ONNX file (notebook 06)."""
+        return self.folder / "model.onnx"
+
+    @property
+    def latency(self) -> Path:
+        """Latency of eager PyTorch against ONNX Runtime (notebook 06)."""
+        return self.folder / "latency.csv"
+
+    @property
     def figures(self) -> Path:
         """The dataset's figures folder, shared by every run of the dataset."""
         return figures_dir(self.folder.parent.parent, self.dataset)

@@ -1,0 +1,227 @@
+"""Using a trained model: rebuild it from its run record, predict on your own images, an upload widget."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.models import resnet50
+
+from .datasets import build_transforms
+from .io import write_text_atomic
+from .model import TransferResNet, imagenet_normalisation
+from .records import RunMeta, RunRecord, predictions_frame
+from .scan import RGB_MODES, check_image, open_rgb
+from .split import IMAGE_EXTENSIONS
+
+FOLDER_RESULTS = "classified.csv"  # written into a folder of your own images that was classified
+
+
+@dataclass
+class ModelInfo:
+    """What using a trained model needs to know about the run that trained it."""
+    record: RunRecord
+    class_names: list[str]
+    init: str  # "transfer" or "scratch"
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    dataset_root: Path
+    meta: RunMeta  # the whole record's metadata, for captions and fallbacks
+
+    @property
+    def transform(self):
+        """The evaluation transform the run used (resize to 8/7, centre crop, normalise)."""
+        return build_transforms(self.image_size, self.mean, self.std)["test"]
+
+
+def load_model(record: RunRecord) -> tuple[TransferResNet, ModelInfo]:
+    """A fresh network built from a run record's metadata (class names, which blocks trained, image size,
+    normalisation) with its best weights loaded (``weights_only=True``), in eval mode, on the CPU."""
+    meta = record.meta
+    model = TransferResNet(resnet50(weights=None), len(meta.class_names), meta.config["dropout"],
+                           freeze_trunk=meta.init == "transfer")
+    model.load_state_dict(record.load_best())
+    mean, std = imagenet_normalisation()
+    info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta)
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------- predicting
+
+
+def list_images(source) -> list[Path]:
+    """The files to classify: one file, a list of files, or every file directly inside a folder."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return sorted(p for p in Path(source).iterdir() if p.is_file() and not p.name.startswith("."))
+    return [Path(p) for p in ([source] if isinstance(source, (str, Path)) else source)]
+
+
+def _check(path: Path) -> tuple[str | None, str]:
+    """(problem or None, note) for one file, by the suite's scan."""
+    if not path.is_file():
+        return "no such file", ""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file (skipped)", ""
+    problem, mode = check_image(path)
+    return problem, "" if problem or mode in RGB_MODES else f"colour mode {mode}, converted to RGB"
+
+
+@torch.inference_mode()
+def predict_tensors(model: torch.nn.Module, x: torch.Tensor, tta: bool = False, batch_size: int = 32) -> np.ndarray:
+    """Softmax probabilities for a batch of prepared images; ``tta``: averaged with the mirrored images."""
+    model.eval()
+    out = []
+    for part in x.split(batch_size):
+        probs = torch.softmax(model(part).float(), dim=1)
+        if tta:
+            probs = (probs + torch.softmax(model(part.flip(-1)).float(), dim=1)) / 2
+        out.append(probs)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def prepare_images(paths: list[Path], info: ModelInfo) -> torch.Tensor:
+    """Open and transform images as the run's evaluation did (readable images only)."""
+    transform = info.transform
+    size = info.image_size
+    tensors = [transform(open_rgb(p, max_side=1024)) for p in paths]
+    return torch.stack(tensors) if tensors else torch.zeros((0, 3, size, size))
+
+
+def predict_images(model: torch.nn.Module, info: ModelInfo, source, k: int = 3, tta: bool = False,
+                   csv: Path | None = None) -> pd.DataFrame:
+    """Top-k classes for a file, a list of files or a folder; unreadable or odd files get a ``problem``.
+
+    For a folder the table is also written (atomically) to ``csv``, by default :data:`FOLDER_RESULTS` in it."""
+    folder = Path(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
+    csv = Path(csv) if csv else (folder / FOLDER_RESULTS if folder else None)
+    paths = [p for p in list_images(source) if csv is None or p.resolve() != csv.resolve()]
+    checks = [_check(p) for p in paths]
+    good = [p for p, (problem, _) in zip(paths, checks) if problem is None]
+    probs = predict_tensors(model, prepare_images(good, info), tta)
+    table = _results(good, probs, info.class_names, k)
+    bad = pd.DataFrame({"file": [str(p) for p, (problem, _) in zip(paths, checks) if problem],
+                        "problem": [problem for problem, _ in checks if problem]})
+    table = pd.concat([table, bad], ignore_index=True) if len(bad) else table
+    notes = {str(p): note for p, (_, note) in zip(paths, checks)}
+    table["problem"] = table["problem"].fillna("") if "problem" in table else ""
+    table["note"] = table["file"].map(notes).fillna("")
+    if csv is not None:
+        write_text_atomic(csv, table.to_csv(index=False))
+    return table
+
+
+def _results(paths: list[Path], probs: np.ndarray, class_names: list[str], k: int) -> pd.DataFrame:
+    """One row per image: the predicted class and the top-k classes with probabilities."""
+    if not paths:
+        return pd.DataFrame(columns=["file", "pred"])
+    df = predictions_frame([str(p) for p in paths], np.zeros(len(paths), dtype=int), probs, class_names, k)
+    return df.drop(columns="true")
+
+
+def problems(table: pd.DataFrame) -> list[str]:
+    """One line per file that could not be classified, saying why."""
+    return [f"{Path(f).name}: {p}" for f, p in zip(table["file"], table["problem"]) if p]
+
+
+# ---------------------------------------------------------------- the record's test split again
+
+
+def reproduce_test(model: torch.nn.Module, info: ModelInfo, recorded: pd.DataFrame) -> pd.DataFrame:
+    """The test predictions again, for the files and classes of a recorded ``predictions.csv``."""
+    paths = [info.dataset_root / f for f in recorded["file"]]
+    probs = predict_tensors(model, prepare_images(paths, info))
+    targets = np.asarray([info.class_names.index(t) for t in recorded["true"]])
+    k = sum(c.endswith("_prob") for c in recorded.columns)
+    return predictions_frame(list(recorded["file"]), targets, probs, info.class_names, k)
+
+
+def max_difference(recorded: pd.DataFrame, again: pd.DataFrame) -> dict:
+    """How far two prediction tables differ: classes that changed and the largest probability gap."""
+    probs = [c for c in recorded.columns if c.endswith("_prob")]
+    classes = ["pred"] + [c for c in recorded.columns if c.endswith("_class")]
+    return dict(rows=len(recorded), changed_classes=int((recorded[classes] != again[classes]).any(axis=1).sum()),
+                max_prob_diff=float(np.abs(recorded[probs].to_numpy() - again[probs].to_numpy()).max()))
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 2.2):
+    """Each classified image beside a bar chart of its top-k classes and probabilities."""
+    import matplotlib.pyplot as plt
+
+    rows = table[table["problem"] == ""].reset_index(drop=True)
+    fig, axes = plt.subplots(max(1, len(rows)), 2, figsize=(2.4 * size, max(1, len(rows)) * size * 0.8),
+                             squeeze=False, gridspec_kw={"width_ratios": [1, 1.3]})
+    for (ax_img, ax_bar), row in zip(axes, rows.itertuples()):
+        ax_img.imshow(open_rgb(Path(row.file), max_side=512))
+        ax_img.set_title(Path(row.file).name, fontsize=8)
+        ax_img.axis("off")
+        names = [getattr(row, f"top{i}_class") for i in range(1, k + 1)][::-1]
+        values = [getattr(row, f"top{i}_prob") for i in range(1, k + 1)][::-1]
+        ax_bar.barh(names, values, color="#1f77b4")
+        ax_bar.set_xlim(0, 1)
+        ax_bar.tick_params(labelsize=8)
+    axes[-1][1].set_xlabel("probability")
+    if caption:
+        fig.suptitle(caption, fontsize=8, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- upload widget
+
+
+def save_uploads(value, folder: Path) -> list[Path]:
+    """Write a ``FileUpload`` value (ipywidgets 8: dicts with name and content; 7: a dict by name) to files."""
+    items = value.values() if isinstance(value, dict) else value
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for item in items:
+        name = Path(item.get("name") or item.get("metadata", {}).get("name", "upload")).name
+        path = folder / name
+        path.write_bytes(bytes(item["content"]))
+        paths.append(path)
+    return paths
+
+
+def upload_handler(model: torch.nn.Module, info: ModelInfo, k: int = 3, folder: Path | None = None, show=None):
+    """The upload widget's callback, a plain function: ``handler({"new": value})`` classifies the uploads,
+    passes the table to ``show`` and returns it (None when nothing was uploaded)."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="uploads-"))
+
+    def on_upload(change: dict) -> pd.DataFrame | None:
+        if not change.get("new"):
+            return None
+        table = predict_images(model, info, save_uploads(change["new"], folder), k=k)
+        if show is not None:
+            show(table)
+        return table
+    return on_upload
+
+
+def upload_widget(model: torch.nn.Module, info: ModelInfo, k: int = 3, caption: str = "", folder: Path | None = None):
+    """A ``FileUpload`` button (Colab, JupyterLab) whose uploads are saved to ``folder`` and classified below it."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload photos")
+    output = widgets.Output()
+
+    def show(table: pd.DataFrame) -> None:
+        with output:
+            output.clear_output()
+            for line in problems(table):
+                print(line)
+            if (table["problem"] == "").any():
+                display(plot_topk(table, k, caption))
+                plt.close("all")
+
+    upload.observe(upload_handler(model, info, k, folder, show=show), names="value")
+    return widgets.VBox([upload, output])

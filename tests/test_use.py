@@ -1,0 +1,221 @@
+"""Using a trained model: reload, predict on files, Grad-CAM, box mass, export, upload widget."""
+import datetime as dt
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from common.explain import box_mass, box_to_input, gradcam
+from common.inference import FOLDER_RESULTS, load_model, max_difference, predict_images, problems, reproduce_test, upload_handler
+
+
+@pytest.fixture(scope="module")
+def transfer(engine_runs):
+    """The plain loop's transfer model, back from its run record."""
+    return load_model(engine_runs[("plain", "transfer")])
+
+
+@pytest.mark.parametrize("key", [("plain", "transfer"), ("plain", "scratch"), ("lightning", "transfer")])
+def test_reloaded_model_reproduces_the_recorded_predictions(engine_runs, key):
+    run = engine_runs[key]
+    model, info = load_model(run)
+    assert info.class_names == run.meta.class_names and model.freeze_trunk == (key[1] == "transfer")
+    again = reproduce_test(model, info, run.predictions)
+    diff = max_difference(run.predictions, again)
+    assert diff["changed_classes"] == 0 and diff["max_prob_diff"] <= 1e-6, diff
+
+
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_folder_with_a_corrupt_file_and_a_grayscale_png(transfer, tmp_path):
+    model, info = transfer
+    good = sorted(info.dataset_root.rglob("*.jpg"))[:2]
+    for p in good:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    Image.open(good[0]).convert("L").save(tmp_path / "gray.png")
+    (tmp_path / "corrupt.jpg").write_bytes(good[0].read_bytes()[:40])  # a truncated download
+    table = predict_images(model, info, tmp_path, k=3)
+    ok = table[table["problem"] == ""]
+    assert sorted(ok["file"].map(lambda f: f.rsplit("/", 1)[-1])) == sorted([p.name for p in good] + ["gray.png"])
+    assert ok["pred"].isin(info.class_names).all() and np.allclose(ok["top1_prob"] >= ok["top2_prob"], True)
+    assert [line.split(":")[0] for line in problems(table)] == ["corrupt.jpg"]
+    assert "converted to RGB" in table.loc[table["file"].str.endswith("gray.png"), "note"].item()
+    written = (tmp_path / FOLDER_RESULTS).read_text()
+    assert "corrupt.jpg" in written and "gray.png" in written
+    again = predict_images(model, info, tmp_path, k=3)  # the CSV it wrote is not mistaken for an input
+    assert len(again) == len(table)
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(transfer):
+    model, info = transfer
+    path = sorted(info.dataset_root.rglob("*.jpg"))[0]
+    mirrored = path.parent.parent / "mirror-test.png"
+    try:
+        Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
+        plain, tta, flipped = (predict_images(model, info, p, k=len(info.class_names), tta=t)
+                               for p, t in ((path, False), (path, True), (mirrored, False)))
+    finally:
+        mirrored.unlink()
+    probs = lambda t: t.filter(like="_prob").to_numpy()[0]  # noqa: E731
+    assert abs(probs(tta)[0] - (probs(plain)[0] + probs(flipped)[0]) / 2) < 0.02  # up to JPEG/crop rounding
+
+
+def test_upload_callback_classifies_uploads_without_a_browser(transfer, tmp_path):
+    model, info = transfer
+    shown = []
+    handler = upload_handler(model, info, k=2, folder=tmp_path, show=shown.append)
+    assert handler({"new": ()}) is None and shown == []  # nothing uploaded: nothing happens
+    photo = _png(Image.open(sorted(info.dataset_root.rglob("*.jpg"))[0]))
+    value = ({"name": "photo.png", "type": "image/png", "size": len(photo), "content": memoryview(photo)},
+             {"name": "oops.jpg", "type": "image/jpeg", "size": 3, "content": memoryview(b"abc")})
+    table = handler({"new": value})
+    assert shown and shown[0] is table
+    assert table.loc[table["file"].str.endswith("photo.png"), "pred"].isin(info.class_names).all()
+    assert [line.split(":")[0] for line in problems(table)] == ["oops.jpg"]
+    legacy = {"photo.png": {"metadata": {"name": "photo.png"}, "content": photo}}  # ipywidgets 7's shape
+    assert handler({"new": legacy})["pred"].notna().all()
+
+
+def test_upload_widget_is_wired_to_the_callback(transfer, tmp_path, capsys):
+    from common.inference import upload_widget
+    model, info = transfer
+    box = upload_widget(model, info, k=2, folder=tmp_path)
+    upload, output = box.children
+    photo = _png(Image.open(sorted(info.dataset_root.rglob("*.jpg"))[0]))
+    upload.value = ({"name": "photo.png", "type": "image/png", "size": len(photo), "content": memoryview(photo),
+                     "last_modified": dt.datetime.now(dt.timezone.utc)},)  # as from a browser; observe() fires the callback
+    assert (tmp_path / "photo.png").is_file()
+
+
+# ---------------------------------------------------------------- Grad-CAM wiring
+
+
+class Controlled(nn.Module):
+    """A model whose ``layer4`` output is known: trunk copies channels 0 and 1 (without autograd, like the
+    frozen trunk), layer4 halves the resolution and adds a blob to channel 0 at layer4 cell (2, 0); the
+    head scores class c by channel c's mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Conv2d(3, 2, 1, bias=False)
+        self.trunk.weight.data = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1)
+        self.trunk.requires_grad_(False)
+        self.layer4 = nn.Sequential(nn.AvgPool2d(2), _AddBlob())
+        self.head = nn.Linear(2, 2, bias=False)
+        self.head.weight.data = torch.eye(2)
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = self.trunk(x)
+        return self.head(self.layer4(x).mean((2, 3)))
+
+
+class _AddBlob(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))  # layer4 trains, so its output has gradients
+
+    def forward(self, x):
+        blob = torch.zeros_like(x)
+        blob[:, 0, 2, 0] = 1.0
+        return x * self.scale + blob
+
+
+TOP_LEFT, LAYER4_BLOB, BOTTOM_RIGHT = (0, 0, 2, 2), (0, 4, 2, 6), (6, 6, 8, 8)  # (x0, y0, x1, y1) on 8 x 8
+
+
+def _scene() -> torch.Tensor:
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, 0, 0:2, 0:2] = 1.0  # class 0's object, top left
+    x[0, 1, 6:8, 6:8] = 1.0  # class 1's object, bottom right
+    return x
+
+
+def _explains_class0_at_layer4(cam: torch.Tensor) -> bool:
+    """Class 0 at layer4 lights up its object (top left) and layer4's own blob, nothing of class 1."""
+    mass = {name: box_mass(cam[0], box)[0] for name, box in
+            dict(object=TOP_LEFT, blob=LAYER4_BLOB, other=BOTTOM_RIGHT).items()}
+    return mass["object"] > 0.2 and mass["blob"] > 0.2 and mass["other"] < 0.01
+
+
+def test_gradcam_is_for_the_right_class_layer_and_orientation():
+    model, x = Controlled().train(), _scene()
+    cam = gradcam(model, x, target=0)
+    assert cam.shape == (1, 8, 8) and float(cam.max()) == pytest.approx(1.0) and not model.training
+    assert _explains_class0_at_layer4(cam)
+    # Each mistake the wiring could make gives a map the check above rejects.
+    assert not _explains_class0_at_layer4(cam.flip(-1))  # flipped left-right
+    assert not _explains_class0_at_layer4(cam.flip(-2))  # flipped upside down
+    assert not _explains_class0_at_layer4(gradcam(model, x, target=1))  # the wrong class
+    wrong_layer = gradcam(model, x, target=0, layer=model.layer4[0])  # before layer4's own contribution
+    assert not _explains_class0_at_layer4(wrong_layer)
+
+
+def test_gradcam_runs_on_the_frozen_transfer_model(transfer):
+    model, info = transfer
+    x = torch.randn(2, 3, info.image_size, info.image_size)
+    with torch.no_grad():  # even when called from a no-grad context
+        cam = gradcam(model.train(), x, target=[0, 1])
+    assert cam.shape == (2, info.image_size, info.image_size) and not model.training
+    # Gradients reached layer4 (without them Captum raises); ReLU may blank a class with no positive evidence.
+    assert not cam.isnan().any() and float(cam.min()) >= 0 and float(cam.max()) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- box mass
+
+
+def test_box_mass_on_hand_made_heatmaps():
+    box = (2, 4, 6, 8)  # 4 x 4 of a 10 x 10 map: 16 % of the area
+    inside = np.zeros((10, 10))
+    inside[4:8, 2:6] = 1.0
+    assert box_mass(inside, box) == (1.0, pytest.approx(0.16))
+    assert box_mass(np.ones((10, 10)), box) == (pytest.approx(0.16), pytest.approx(0.16))  # uniform: chance
+    half = np.zeros((10, 10))
+    half[4, 2], half[0, 0] = 3.0, 3.0
+    assert box_mass(half, box)[0] == pytest.approx(0.5)
+    assert box_mass(inside.T, box)[0] == pytest.approx(0.25)  # transposed: x and y are not swapped
+    assert np.isnan(box_mass(np.zeros((10, 10)), box)[0])
+
+
+def test_boxes_follow_the_evaluation_transform():
+    from common.datasets import build_transforms
+    img = np.zeros((60, 80, 3), dtype=np.uint8)  # landscape: resize by height, crop the sides
+    img[20:50, 10:40] = 255  # x 10..40, y 20..50
+    size = 28
+    seen = build_transforms(size, [0, 0, 0], [1, 1, 1])["test"].prepare(Image.fromarray(img))[0].numpy() > 127
+    ys, xs = np.nonzero(seen)
+    x0, y0, x1, y1 = box_to_input((10, 20, 40, 50), (80, 60), size)
+    assert abs(x0 - xs.min()) <= 1 and abs(x1 - (xs.max() + 1)) <= 1
+    assert abs(y0 - ys.min()) <= 1 and abs(y1 - (ys.max() + 1)) <= 1
+    assert box_to_input((0, 0, 80, 60), (80, 60), size) == (0, 0, size, size)  # clipped to the crop
+
+
+def test_demo_boxes_are_recorded(flat_root):
+    from common.demo_data import read_boxes
+    boxes = read_boxes(flat_root)
+    files = sorted(p.relative_to(flat_root).as_posix() for p in flat_root.rglob("*.jpg"))
+    assert sorted(boxes) == files
+    assert all(0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 48 for x0, y0, x1, y1 in boxes.values())
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
+    from common.export import export_all, latency_table
+    model, info = transfer
+    x = torch.randn(5, 3, info.image_size, info.image_size)
+    from common.records import RunRecord
+    out = export_all(model, info.image_size, RunRecord(tmp_path), x)
+    assert out["paths"]["onnx"].is_file() and out["paths"]["program"].is_file()
+    assert set(out["parity"]) == {"torch.export", "onnxruntime"}
+    assert max(out["parity"].values()) <= 1e-4, out["parity"]
+    table = latency_table(model, out["session"], info.image_size, batches=(1, 3), repeats=1)
+    assert len(table) == 4 and (table["ms_per_batch"] > 0).all()
