@@ -176,8 +176,10 @@ class ImageListDataset(Dataset):
         batches = iter(DataLoader(_Decoded(self), batch_size=64, num_workers=num_workers))
         with tqdm(total=len(self), desc=f"decoding {len(self)} images once", disable=not progress,
                   mininterval=5, leave=False) as bar:
+            done = 0  # not bar.n: a disabled bar does not count
             for batch in batches:
-                cache[bar.n:bar.n + len(batch)] = batch
+                cache[done:done + len(batch)] = batch
+                done += len(batch)
                 bar.update(len(batch))
         # Release the iterator here, so that its worker shuts down in this process. Wrapped in a notebook's
         # progress bar it stayed alive and was finalised inside a later loader's forked worker, which printed

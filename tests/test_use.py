@@ -189,7 +189,7 @@ def test_boxes_follow_the_evaluation_transform():
     img = np.zeros((60, 80, 3), dtype=np.uint8)  # landscape: resize by height, crop the sides
     img[20:50, 10:40] = 255  # x 10..40, y 20..50
     size = 28
-    seen = build_transforms(size, [0, 0, 0], [1, 1, 1])["test"].prepare(Image.fromarray(img))[0].numpy() > 127
+    seen = build_transforms(size, [0, 0, 0], [1, 1, 1])["test"].decode(Image.fromarray(img))[0].numpy() > 127
     ys, xs = np.nonzero(seen)
     x0, y0, x1, y1 = box_to_input((10, 20, 40, 50), (80, 60), size)
     assert abs(x0 - xs.min()) <= 1 and abs(x1 - (xs.max() + 1)) <= 1
