@@ -139,9 +139,14 @@ class RunRecord:
         return self.folder / self.engine
 
     @property
+    def lightning_checkpoints(self) -> Path:
+        """Where Lightning's ModelCheckpoint callbacks write (apart from its logger's folder)."""
+        return self.engine_dir / "checkpoints"
+
+    @property
     def lightning_last(self) -> Path:
         """Lightning's full checkpoint after the last epoch: its resume point."""
-        return self.engine_dir / "last.ckpt"
+        return self.lightning_checkpoints / "last.ckpt"
 
     @property
     def exported_program(self) -> Path:

@@ -160,12 +160,15 @@ def test_gradcam_is_for_the_right_class_layer_and_orientation():
 
 def test_gradcam_runs_on_the_frozen_transfer_model(transfer):
     model, info = transfer
+    torch.manual_seed(0)
     x = torch.randn(2, 3, info.image_size, info.image_size)
-    with torch.no_grad():  # even when called from a no-grad context
-        cam = gradcam(model.train(), x, target=[0, 1])
+    with torch.no_grad():  # the class with the most evidence from the features has a map that is not blank
+        target = (model.eval()(x) - model.head.bias).argmax(1).tolist()
+        cam = gradcam(model.train(), x, target=target)  # even when called from a no-grad context
     assert cam.shape == (2, info.image_size, info.image_size) and not model.training
-    # Gradients reached layer4 (without them Captum raises); ReLU may blank a class with no positive evidence.
-    assert not cam.isnan().any() and float(cam.min()) >= 0 and float(cam.max()) == pytest.approx(1.0)
+    # Gradients reached layer4 (without them Captum raises), and each map is scaled to a peak of 1.
+    assert not cam.isnan().any() and float(cam.min()) >= 0
+    assert cam.flatten(1).amax(1).tolist() == pytest.approx([1.0, 1.0])
 
 
 # ---------------------------------------------------------------- box mass
