@@ -14,9 +14,15 @@ KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts a notebook's attache
 _SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "testing")
 
 
+_SHOWN_BANNERS: set[str] = set()
+
+
 def loud(message: str) -> None:
-    """Print a banner no one can miss. Printed only: a warning as well showed every fallback twice in a
-    notebook; the run record keeps the fallback for later."""
+    """Print a banner no one can miss, once per process: one banner per fallback in a notebook, however many
+    runs take it (the run records and figure captions keep it for later). Printed only, not also warned."""
+    if message in _SHOWN_BANNERS:
+        return
+    _SHOWN_BANNERS.add(message)
     bar = "!" * 78
     print(f"{bar}\n{message}\n{bar}", flush=True)
 

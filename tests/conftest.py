@@ -54,6 +54,13 @@ def make_meta(**changes) -> RunMeta:
     return RunMeta(**values)
 
 
+@pytest.fixture(autouse=True)
+def banners_shown_afresh():
+    """Each test sees the fallback banners as a fresh notebook kernel would (they show once per process)."""
+    from common import runtime
+    runtime._SHOWN_BANNERS.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")

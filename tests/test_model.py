@@ -110,3 +110,12 @@ def test_auto_falls_back_loudly_and_says_so(monkeypatch, capsys):
     _, info = M.load_backbone("auto")
     assert info.source == "random" and "random" in info.fallback
     assert "RANDOM weights" in capsys.readouterr().out
+
+
+def test_a_fallback_banner_shows_once_per_kernel(capsys):
+    from common.runtime import loud
+    loud("FALLBACK: something\nwhat to do")
+    loud("FALLBACK: something\nwhat to do")  # a second run in the same notebook takes the same fallback
+    loud("FALLBACK: something else")
+    out = capsys.readouterr().out
+    assert out.count("FALLBACK: something\n") == 1 and out.count("FALLBACK: something else") == 1
