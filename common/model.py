@@ -21,6 +21,9 @@ IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
 IMAGENET_FILE = Path(IMAGENET_WEIGHTS.url).name
 
 
+_UNAVAILABLE: dict[str, WeightsInfo] = {}  # weights="auto" that fell back, remembered for the rest of the kernel
+
+
 class WeightsError(RuntimeError):
     """The requested weights cannot be had; the message says how to supply them."""
 
@@ -42,9 +45,9 @@ def _how_to_supply() -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
     return (f"Expected file: {IMAGENET_FILE} (torchvision ResNet50 {IMAGENET_WEIGHTS.name}).\n"
             f"Either put it at {hub}\n"
-            f"or set TL_WEIGHTS=/path/to/{IMAGENET_FILE} (on Kaggle with internet off: attach the file as a "
-            f"dataset, it is found under {KAGGLE_INPUT}),\n"
-            f"or set TL_WEIGHTS=random to continue without pretrained weights (transfer is then not meaningful).")
+            f"or use load_config(weights=\"/path/to/{IMAGENET_FILE}\") (or TL_WEIGHTS; on Kaggle with internet off: "
+            f"attach the file as a dataset, it is found under {KAGGLE_INPUT}),\n"
+            f"or weights=\"random\" to continue without pretrained weights (transfer is then not meaningful).")
 
 
 def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
@@ -67,6 +70,8 @@ def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tup
     """
     if weights in ("random", "none"):
         return resnet50(weights=None), WeightsInfo("random")
+    if weights == "auto" and "imagenet" in _UNAVAILABLE:  # failed once in this kernel: don't try (and print) again
+        return resnet50(weights=None), _UNAVAILABLE["imagenet"]
     if weights in ("imagenet", "auto"):
         attached = find_attached_weights()
         if attached is not None:  # e.g. a Kaggle notebook with internet off and the file attached
@@ -79,7 +84,8 @@ def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tup
                 raise WeightsError(f"{problem}\n{_how_to_supply()}") from exc
             loud(f"FALLBACK: {problem}\nUsing RANDOM weights instead: the 'transfer' runs transfer nothing.\n"
                  f"{_how_to_supply()}")
-            return resnet50(weights=None), WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
+            _UNAVAILABLE["imagenet"] = WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
+            return resnet50(weights=None), _UNAVAILABLE["imagenet"]
     return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
 
 

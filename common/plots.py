@@ -111,7 +111,8 @@ def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
     ax.barh(names, trainable, color=TRAINABLE_COLOUR, label="trainable")
     ax.barh(names, frozen, left=trainable, color=FROZEN_COLOUR, label="frozen")
     for i, (t, f) in enumerate(zip(trainable, frozen)):
-        ax.text(t + f, i, f"  {t:.2f} M trainable" + (f", {f:.2f} M frozen" if f else ""), va="center", fontsize=8)
+        label = "no parameters" if t + f == 0 else f"{t:.2f} M trainable" + (f", {f:.2f} M frozen" if f else "")
+        ax.text(t + f, i, "  " + label, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("parameters (millions)")
     ax.set_xlim(0, max(trainable + frozen) * 1.6)

@@ -201,8 +201,8 @@ def resolve_dataset(cfg: Config) -> DataSource:
             return DataSource("vegetables", found)
         loud("FALLBACK: using the OFFLINE DEMO dataset (procedurally drawn toy vegetables), not the real one.\n"
              f"The Kaggle Vegetable Image Dataset was not found in {cfg.data_dir / VEGETABLES.folder} or under "
-             f"{KAGGLE_INPUT}.\nSet TL_DATASET=vegetables to download it (Kaggle credentials needed, see README), "
-             "or TL_DATASET=demo to silence this notice.")
+             f"{KAGGLE_INPUT}.\nTo download it, use load_config(dataset=\"vegetables\") in the notebooks, or set "
+             "TL_DATASET=vegetables (Kaggle credentials needed, see README); dataset=\"demo\" silences this notice.")
         source = demo_source(cfg)
         source.fallback = "real dataset unavailable: offline demo data used"
         return source

@@ -57,8 +57,9 @@ def make_meta(**changes) -> RunMeta:
 @pytest.fixture(autouse=True)
 def banners_shown_afresh():
     """Each test sees the fallback banners as a fresh notebook kernel would (they show once per process)."""
-    from common import runtime
+    from common import model, runtime
     runtime._SHOWN_BANNERS.clear()
+    model._UNAVAILABLE.clear()
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,10 @@ def test_auto_falls_back_loudly_and_says_so(monkeypatch, capsys):
     _, info = M.load_backbone("auto")
     assert info.source == "random" and "random" in info.fallback
     assert "RANDOM weights" in capsys.readouterr().out
+    tried = []
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", lambda *a, **k: tried.append(1))
+    _, again = M.load_backbone("auto")  # a second transfer run in the same kernel: no second attempt
+    assert again == info and tried == [] and capsys.readouterr().out == ""
 
 
 def test_a_fallback_banner_shows_once_per_kernel(capsys):
