@@ -100,21 +100,36 @@ def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+def _together(labels: list[str]) -> str:
+    """"plain / scratch", or "plain, ignite, lightning / scratch" for runs that gave the same numbers."""
+    engines = [label.split(" / ")[0] for label in labels]
+    return f"{', '.join(engines)} / {labels[0].split(' / ')[1]}" if len(labels) > 1 else labels[0]
+
+
+def _grouped(items: dict[str, tuple]) -> dict[tuple, list[str]]:
+    """Labels grouped by their (rounded) numbers: the engines compute one thing, so say it once."""
+    groups: dict[tuple, list[str]] = {}
+    for label, key in items.items():
+        groups.setdefault(key, []).append(label)
+    return groups
+
+
 def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
-    """One sentence per run about over- and underfitting, from its last epoch."""
+    """One sentence per run (runs with the same numbers together) about over- and underfitting."""
+    keys = {run: (run.split(" / ")[1], int(row["epoch"]), round(row["train_acc"], 2), round(row["val_acc"], 2),
+                  round(row["acc_gap"], 2)) for run, row in gaps.iterrows()}
     lines = []
-    for run, row in gaps.iterrows():
-        if row["val_acc"] < chance + 0.1 and row["train_acc"] < chance + 0.1:
+    for (_, epoch, train_acc, val_acc, gap), runs in _grouped(keys).items():
+        if val_acc < chance + 0.1 and train_acc < chance + 0.1:
             verdict = "learned next to nothing yet: training and validation accuracy both near chance"
-        elif row["acc_gap"] > 0.15:
-            verdict = f"fits its training images much better than new ones (gap {row['acc_gap']:+.2f}): overfitting"
-        elif row["acc_gap"] < -0.05:
+        elif gap > 0.15:
+            verdict = f"fits its training images much better than new ones (gap {gap:+.2f}): overfitting"
+        elif gap < -0.05:
             verdict = ("does better on validation than on its own training batches, which see dropout and "
                        "augmentation: no sign of overfitting, more epochs could help")
         else:
-            verdict = f"training and validation accuracy are close (gap {row['acc_gap']:+.2f}): no overfitting yet"
-        lines.append(f"{run}: after epoch {row['epoch']}, train {row['train_acc']:.2f} vs validation "
-                     f"{row['val_acc']:.2f}: {verdict}.")
+            verdict = f"training and validation accuracy are close (gap {gap:+.2f}): no overfitting yet"
+        lines.append(f"{_together(runs)}: after epoch {epoch}, train {train_acc:.2f} vs validation {val_acc:.2f}: {verdict}.")
     return lines
 
 
@@ -126,21 +141,28 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     if any(m.is_demo_data for m in metas):
         lines.append("These runs used the offline demo data (drawn toy vegetables), not the real photographs: "
                      "their accuracies say nothing about the real dataset.")
-    random = [r for r in records.values() if r.meta.random_transfer]
+    random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
         lines.append("The 'transfer' runs started from RANDOM weights (ImageNet weights were unavailable), so they "
                      "transferred nothing: their frozen trunk computes random features that training never improves, "
                      "and only layer4 and the head can adapt. This run cannot show what transfer learning gains.")
-        for record in random:
-            cls, share = dominant_prediction(record.predictions)
-            if share > 0.5:
-                lines.append(f"{record.label} predicts '{cls}' for {share:.0%} of the test images: with random, "
-                             "frozen features most images look alike to the head, so it falls back on one class. "
-                             "That is the lesson in reverse: what transfers is the features.")
-    for engine in dict.fromkeys(e for e, _ in records):
-        if (engine, "transfer") in records and (engine, "scratch") in records:
-            t, s = records[(engine, "transfer")].meta, records[(engine, "scratch")].meta
-            better = "transfer" if t.test_acc > s.test_acc else "scratch"
-            lines.append(f"{engine}: transfer {t.test_acc:.1%} vs scratch {s.test_acc:.1%} test accuracy after "
-                         f"{t.epochs_run} and {s.epochs_run} epochs: {better} did better here.")
+        collapsed = {label: (cls, round(share, 2)) for label, (cls, share) in random.items() if share > 0.5}
+        for (cls, share), runs in _grouped(collapsed).items():
+            lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images: with random, "
+                         "frozen features most images look alike to the head, so it falls back on one class. "
+                         "That is the lesson in reverse: what transfers is the features.")
+    return lines + which_did_better(records)
+
+
+def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
+    """Transfer against scratch on test accuracy, per engine (engines with the same numbers together)."""
+    lines = []
+    pairs = {engine: (round(records[(engine, "transfer")].meta.test_acc, 4), round(records[(engine, "scratch")].meta.test_acc, 4),
+                      records[(engine, "transfer")].meta.epochs_run, records[(engine, "scratch")].meta.epochs_run)
+             for engine in dict.fromkeys(e for e, _ in records)
+             if (engine, "transfer") in records and (engine, "scratch") in records}
+    for (t, s, te, se), engines in _grouped(pairs).items():
+        better = "transfer" if t > s else "scratch" if s > t else "neither"
+        lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {te} and {se} "
+                     f"epochs: {better} did better here.")
     return lines

@@ -151,8 +151,14 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
                                           _preds(["a", "b"], ["a", "b"]), 30)}
     text = " ".join(C.what_the_runs_show(runs))
     assert "RANDOM weights" in text and "cannot show" in text and "predicts 'a' for 100% of the test images" in text
-    assert "demo data" in text and "scratch did better here" in text and "Chance level is 0.33" in text
+    assert "demo data" in text and "plain: transfer 50.0% vs scratch 100.0%" in text and "scratch did better here" in text
+    assert "Chance level is 0.33" in text
     gaps = C.fit_gaps(runs)
     assert gaps.loc["plain / scratch", "acc_gap"] == pytest.approx(0.0)
     lines = C.describe_fit(gaps.assign(train_acc=[0.35, 0.99], acc_gap=[0.0, 0.09 + 0.5 * 0.2]), chance=1 / 3)
-    assert "near chance" in lines[0] and "overfitting" in lines[1]
+    assert "near chance" in lines[0] and "overfitting" in lines[1] and "after epoch 2," in lines[0]
+    same = {("ignite", i): _record(tmp_path, "ignite", i, runs[("plain", i)].history, runs[("plain", i)].predictions, 1,
+                                   weights_source=runs[("plain", i)].meta.weights_source) for i in ("transfer", "scratch")}
+    both = " ".join(C.what_the_runs_show({**runs, **same}))  # two engines that agree are described once
+    assert both.count("predicts 'a'") == 1 and "plain, ignite / transfer: predicts 'a'" in both
+    assert "plain, ignite: transfer 50.0% vs scratch 100.0%" in both
