@@ -131,9 +131,10 @@ def problems(table: pd.DataFrame) -> list[str]:
 
 
 def reproduce_test(model: torch.nn.Module, info: ModelInfo, recorded: pd.DataFrame) -> pd.DataFrame:
-    """The test predictions again, for the files and classes of a recorded ``predictions.csv``."""
+    """The test predictions again, for the files and classes of a run's recorded test predictions, in batches
+    of the run's size (other batch shapes change the last float bits, and the record keeps 6 decimals)."""
     paths = [info.dataset_root / f for f in recorded["file"]]
-    probs = predict_tensors(model, prepare_images(paths, info))
+    probs = predict_tensors(model, prepare_images(paths, info), batch_size=info.meta.config["batch_size"])
     targets = np.asarray([info.class_names.index(t) for t in recorded["true"]])
     k = sum(c.endswith("_prob") for c in recorded.columns)
     return predictions_frame(list(recorded["file"]), targets, probs, info.class_names, k)
