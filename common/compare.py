@@ -79,14 +79,26 @@ def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
 
 
 def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
-    """Per engine: mean transfer epoch time over mean scratch epoch time (below 1: transfer is faster)."""
+    """Per engine: median transfer epoch time over median scratch epoch time (below 1: transfer is faster).
+    Medians, because one slow epoch on a shared machine would otherwise decide the ratio."""
     rows = []
     for engine in dict.fromkeys(e for e, _ in records):
         if (engine, "transfer") in records and (engine, "scratch") in records:
-            t = records[(engine, "transfer")].history["epoch_seconds"].mean()
-            s = records[(engine, "scratch")].history["epoch_seconds"].mean()
+            t = records[(engine, "transfer")].history["epoch_seconds"].median()
+            s = records[(engine, "scratch")].history["epoch_seconds"].median()
             rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
     return pd.DataFrame(rows)
+
+
+def timing_notes(records: dict[tuple[str, str], RunRecord], spread: float = 1.5) -> list[str]:
+    """A warning for every run whose epochs took very different times: its speed ratio is noise."""
+    lines = []
+    for record in records.values():
+        seconds = record.history["epoch_seconds"]
+        if len(seconds) > 1 and seconds.max() > spread * seconds.min():
+            lines.append(f"{record.label}: its epochs took {seconds.min():.1f} to {seconds.max():.1f} s on this machine "
+                         "(something else was running): read its speed ratio as noise, not as the engine's cost.")
+    return lines
 
 
 def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
@@ -129,6 +141,10 @@ def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
                        "augmentation: no sign of overfitting, more epochs could help")
         else:
             verdict = f"training and validation accuracy are close (gap {gap:+.2f}): no overfitting yet"
+        loss_gap = gaps.loc[runs[0], "loss_gap"]
+        if loss_gap > 0.5:
+            verdict += (f"; but its validation loss is {loss_gap:.2f} above its training loss: on new images it is "
+                        "confidently wrong more often than its accuracy shows")
         lines.append(f"{_together(runs)}: after epoch {epoch}, train {train_acc:.2f} vs validation {val_acc:.2f}: {verdict}.")
     return lines
 
@@ -163,6 +179,7 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
              if (engine, "transfer") in records and (engine, "scratch") in records}
     for (t, s, te, se), engines in _grouped(pairs).items():
         better = "transfer" if t > s else "scratch" if s > t else "neither"
-        lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {te} and {se} "
-                     f"epochs: {better} did better here.")
+        epochs = f"{te} epochs each" if te == se else f"{te} and {se} epochs"
+        lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs}: "
+                     f"{better} did better here.")
     return lines

@@ -71,11 +71,13 @@ def box_mass_table(model: nn.Module, images: torch.Tensor, targets, boxes: list)
 
 
 def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: dict[str, list[str]],
-                 boxes: list | None = None, caption: str = "", size: float = 2.0):
+                 boxes: list | None = None, caption: str = "", size: float = 2.0, title: str = "Grad-CAM at layer4"):
     """One row per image: the image (with its box), then one heatmap overlay per model (column).
     ``titles`` has a list per column name, and optionally ``"input"`` for the first column."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    from .plots import finish_figure
 
     n, cols = len(images), 1 + len(columns)
     fig, axes = plt.subplots(n, cols, figsize=(cols * size, n * (size + 0.35)), squeeze=False)
@@ -84,16 +86,15 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
         axes[i][0].set_title(titles["input"][i] if "input" in titles else "input", fontsize=7)
         for j, (name, maps) in enumerate(columns.items(), start=1):
             axes[i][j].imshow(img)
-            axes[i][j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            heat = axes[i][j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[i][j].set_title(f"{name}: {titles[name][i]}", fontsize=7)
         for ax in axes[i]:
             ax.axis("off")
             if boxes:
                 x0, y0, x1, y1 = boxes[i]
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="white", lw=1))
-    if caption:
-        fig.suptitle(caption, fontsize=8, y=1.0)
-    fig.tight_layout()
+    finish_figure(fig, title + (" (white box: where the object was drawn)" if boxes else ""), caption)
+    fig.colorbar(heat, ax=axes, shrink=0.5, label="evidence for the predicted class (0 to 1)")
     return fig
 
 
@@ -101,3 +102,25 @@ def unnormalise(x: torch.Tensor, mean, std) -> np.ndarray:
     """Normalised image tensors (N, 3, H, W) back to displayable (N, H, W, 3) floats in [0, 1]."""
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     return (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def describe_box_mass(mass: dict[str, dict], metas: dict) -> list[str]:
+    """Sentences from each run's box check (``mass``: init -> the notebook's table row; ``metas``: init ->
+    RunMeta), saying what the numbers show and what this run cannot show."""
+    chance = 1 / len(next(iter(metas.values())).class_names)
+    lines = []
+    for init, row in mass.items():
+        r, acc = row["ratio (1 = no better than even)"], row["test accuracy"]
+        where = ("clearly more on the object than an even spread would" if r > 1.5 else
+                 "somewhat more on the object than an even spread would" if r > 1.1 else
+                 "about as much on the object as an even spread would" if r >= 0.9 else
+                 "less on the object than an even spread would")
+        lines.append(f"{init} (weights: {metas[init].weights_source}, test accuracy {acc:.0%}, chance {chance:.0%}): "
+                     f"{row['heatmap mass in box']:.0%} of the heatmap lies in boxes covering "
+                     f"{row['box share of image']:.0%} of the image (ratio {r:.2f}), so it puts {where}.")
+    if "transfer" in metas and metas["transfer"].random_transfer:
+        lines.append("The transfer run had no ImageNet weights (random weights were used): both models started from "
+                     "random features, so this run cannot show what pretrained features change.")
+    if any(row["test accuracy"] < 2 * chance for row in mass.values()):
+        lines.append(f"A model near chance (below {2 * chance:.0%}) has little to explain: its heatmaps describe a guess.")
+    return lines

@@ -151,7 +151,7 @@ def max_difference(recorded: pd.DataFrame, again: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------- figures
 
 
-def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 2.2):
+def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 2.2, title: str = "Top classes"):
     """Each classified image beside a bar chart of its top-k classes and probabilities."""
     import matplotlib.pyplot as plt
 
@@ -168,10 +168,8 @@ def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 
         ax_bar.set_xlim(0, 1)
         ax_bar.tick_params(labelsize=8)
     axes[-1][1].set_xlabel("probability")
-    if caption:
-        fig.suptitle(caption, fontsize=8, y=1.0)
-    fig.tight_layout()
-    return fig
+    from .plots import finish_figure
+    return finish_figure(fig, title, caption)
 
 
 # ---------------------------------------------------------------- upload widget

@@ -42,7 +42,8 @@ def label_text(*metas) -> str:
     return caption_text(metas[0].dataset, metas[0].budget, [f for meta in metas for f in meta.fallbacks])
 
 
-def _finish(fig: plt.Figure, title: str, caption: str) -> plt.Figure:
+def finish_figure(fig: plt.Figure, title: str, caption: str) -> plt.Figure:
+    """The suite's frame for a figure: its title on top, its caption (dataset, budget, fallbacks) below."""
     fig.suptitle(title, fontsize=11, y=1.0)
     fig.tight_layout()
     if caption:
@@ -73,7 +74,7 @@ def show_samples(dataset, class_names: list[str], per_class: int = 4, size: floa
                     ax.imshow(img.convert("RGB"))
             if j == 0:
                 ax.set_title(name, fontsize=9, loc="left")
-    return _finish(fig, "Training images as they are on disk", caption)
+    return finish_figure(fig, "Training images as they are on disk", caption)
 
 
 def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8, caption: str = "") -> plt.Figure:
@@ -89,16 +90,16 @@ def show_augmentations(dataset, index: int, epochs: int = 5, size: float = 1.8, 
         ax.imshow(np.clip(view.transpose(1, 2, 0), 0, 1))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    return _finish(fig, "One training image: decoded once, augmented anew every epoch", caption)
+    return finish_figure(fig, "One training image: decoded once, augmented anew every epoch", caption)
 
 
 def plot_counts(counts: pd.DataFrame, caption: str = "") -> plt.Figure:
     """Images per class, stacked by split."""
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(counts)), 3.2))
-    counts.plot.bar(stacked=True, ax=ax)
+    counts.plot.bar(stacked=True, ax=ax, colormap="viridis")  # not blue and orange: those mean transfer and scratch
     ax.set(ylabel="images", xlabel="")
-    ax.legend(title="split", fontsize=8)
-    return _finish(fig, "Images per class and split", caption)
+    ax.legend(title="split", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return finish_figure(fig, "Images per class and split", caption)
 
 
 def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
@@ -117,7 +118,7 @@ def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
     ax.set_xlabel("parameters (millions)")
     ax.set_xlim(0, max(trainable + frozen) * 1.6)
     ax.legend(fontsize=8, loc="lower right")
-    return _finish(fig, "What trains: parameters per block", caption)
+    return finish_figure(fig, "What trains: parameters per block", caption)
 
 
 def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "", chance: float | None = None) -> plt.Figure:
@@ -135,7 +136,7 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
         ax_acc.axhline(chance, color="grey", linewidth=1, linestyle=":")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax_lr.set(title="Learning rate used in the epoch", xlabel="epoch", ylabel="learning rate")
+    ax_lr.set(title="Learning rate used in the epoch (same schedule: lines overlap)", xlabel="epoch", ylabel="learning rate")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -146,7 +147,7 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     if chance is not None:
         handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
     ax_acc.legend(handles=handles, fontsize=7, loc="best")
-    return _finish(fig, "Learning curves", caption)
+    return finish_figure(fig, "Learning curves", caption)
 
 
 def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0, title: str = "",
@@ -160,7 +161,7 @@ def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float 
         with Image.open(path) as img:
             ax.imshow(img.convert("RGB"))
         ax.set_title(text, fontsize=7)
-    return _finish(fig, title, caption)
+    return finish_figure(fig, title, caption)
 
 
 def plot_epoch_times(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "") -> plt.Figure:
@@ -180,7 +181,7 @@ def plot_epoch_times(histories: dict[tuple[str, str], pd.DataFrame], caption: st
                for i in INITS if any(k[1] == i for k in keys)]
     handles += [Line2D([], [], color="black", label="median; box: middle half of the epochs")]
     ax.legend(handles=handles, fontsize=7, loc="best")
-    return _finish(fig, "Epoch wall time (training and validation), every epoch", caption)
+    return finish_figure(fig, "Epoch wall time (training and validation), every epoch", caption)
 
 
 def plot_confusions(matrices: dict[str, pd.DataFrame], caption: str = "") -> plt.Figure:
@@ -191,14 +192,14 @@ def plot_confusions(matrices: dict[str, pd.DataFrame], caption: str = "") -> plt
     side = min(14, max(4.5, 0.32 * n))
     fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side * 0.9), squeeze=False)
     for ax, (title, cm) in zip(axes[0], matrices.items()):
-        sns.heatmap(cm, ax=ax, vmin=0, vmax=1, cmap="Blues", square=True, cbar=False,
+        sns.heatmap(cm, ax=ax, vmin=0, vmax=1, cmap="Greys", square=True, cbar=False,
                     annot=n <= 20, fmt=".2f", annot_kws={"fontsize": 7},
                     xticklabels=True, yticklabels=True)
         ax.set_title(title)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.tick_params(labelsize=max(4, min(9, 220 // n)))
-    return _finish(fig, "Confusion matrices on the test split (rows normalised per true class)", caption)
+    return finish_figure(fig, "Confusion matrices on the test split (rows normalised per true class)", caption)
 
 
 def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Figure:
@@ -210,4 +211,4 @@ def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Fi
     ax.set(xlabel="training images of the class (as trained)", ylabel="test accuracy (recall)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _finish(fig, "Per-class accuracy against class size", caption)
+    return finish_figure(fig, "Per-class accuracy against class size", caption)

@@ -171,7 +171,7 @@ def real_dataset(spec: RemoteDataset, cfg: Config, download: bool = True) -> Pat
 
 def demo_source(cfg: Config) -> DataSource:
     size = max(64, cfg.image_size)
-    name = f"toy-vegetables-{cfg.demo_images_per_class}x{size}px"
+    name = f"toy-vegetables-{cfg.demo_images_per_class}-per-class-{size}px"
     root = make_demo_dataset(cfg.data_dir / name, cfg.demo_images_per_class, size, seed=cfg.seed)
     return DataSource("demo", root, is_demo=True)
 

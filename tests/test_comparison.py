@@ -81,6 +81,9 @@ def test_summary_speed_ratio_and_per_class_accuracy(tmp_path):
     assert table.loc[("plain", "transfer"), "best_val_acc"] == 0.8
     assert table.loc[("plain", "scratch"), "trainable_params"] == 30
     assert C.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
+    noisy = {("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.3, 0.4, 0.5], [4, 12, 4]), p, 30)}
+    assert C.speed_ratios({**runs, **noisy}).iloc[0]["transfer_over_scratch"] == 0.5  # the median ignores one slow epoch
+    assert "4.0 to 12.0 s" in C.timing_notes(noisy)[0] and C.timing_notes(runs) == []
     per_class = E.per_class_accuracy(p, runs[("plain", "transfer")].meta.train_counts())
     assert per_class.loc["c", "accuracy"] == 0.5 and per_class.loc["b", "train_images"] == 7
 
@@ -151,7 +154,7 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
                                           _preds(["a", "b"], ["a", "b"]), 30)}
     text = " ".join(C.what_the_runs_show(runs))
     assert "RANDOM weights" in text and "cannot show" in text and "predicts 'a' for 100% of the test images" in text
-    assert "demo data" in text and "plain: transfer 50.0% vs scratch 100.0%" in text and "scratch did better here" in text
+    assert "demo data" in text and "plain: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each" in text and "scratch did better here" in text
     assert "Chance level is 0.33" in text
     gaps = C.fit_gaps(runs)
     assert gaps.loc["plain / scratch", "acc_gap"] == pytest.approx(0.0)
