@@ -222,3 +222,17 @@ def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
     assert max(out["parity"].values()) <= 1e-4, out["parity"]
     table = latency_table(model, out["session"], info.image_size, batches=(1, 3), repeats=1)
     assert len(table) == 4 and (table["ms_per_batch"] > 0).all()
+
+
+def test_the_box_check_sentences_follow_the_numbers():
+    from conftest import make_meta
+
+    from common.explain import describe_box_mass
+    row = lambda ratio, acc: {"heatmap mass in box": 0.3 * ratio, "box share of image": 0.3,
+                              "ratio (1 = no better than even)": ratio, "test accuracy": acc}
+    metas = {"transfer": make_meta(weights_source="random"), "scratch": make_meta(init="scratch", weights_source="random")}
+    lines = describe_box_mass({"transfer": row(1.18, 0.8), "scratch": row(1.0, 0.9)}, metas)
+    assert "somewhat more on the object" in lines[0] and "about as much on the object" in lines[1]
+    assert "random weights were used" in lines[2] and not any("near chance" in line for line in lines)
+    assert "near chance" in describe_box_mass({"scratch": row(2.0, 0.5)}, {"scratch": metas["scratch"]})[-1]
+    assert "clearly more" in describe_box_mass({"scratch": row(2.0, 0.9)}, {"scratch": metas["scratch"]})[0]
