@@ -236,6 +236,10 @@ class TransferResNet(nn.Module):
                 "the optimizer).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled 2048-d features the head reads (what ``common.features`` computes once in head mode)."""
         if self.trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # match a channels_last model's layout
         self._check_frozen()
@@ -250,7 +254,7 @@ class TransferResNet(nn.Module):
                 x = self.trunk(x)
         with torch.set_grad_enabled(grad and self.frozen < 5):
             x = self.layer4(x)
-        return self.head(self.dropout(torch.flatten(self.pool(x), 1)))
+        return torch.flatten(self.pool(x), 1)
 
 
 def resolve_mode(init: str, trainable: str | None = None) -> str:
