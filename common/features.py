@@ -1,5 +1,7 @@
-"""Feature extraction done fast: in ``head`` mode nothing below the head trains, so without augmentation
-every epoch would compute the same pooled features again. Compute them once, then train the head alone.
+"""Feature extraction done fast: the frozen network's pooled features computed once, then the head trained alone.
+
+In ``head`` mode nothing below the head trains, so without augmentation every epoch would compute the
+same features again.
 
 :func:`cache_features` runs the frozen network once over every split with the evaluation transform
 (training images included: no augmentation). :func:`head_epoch` and :func:`head_evaluate` then train and
