@@ -10,8 +10,10 @@ are used:
   ``kaggle_data``: making or fetching it; ``scan``: checking its files;
 * ``split``: layouts, the seeded split and its ``Manifest``;
 * ``datasets``: the data as trained (``prepare_data``), transforms, the decode-once cache, loaders;
-* ``model``: the modified ResNet50 and its weights;
-* ``training``: what every engine shares at the start and end of a run (``TrainingRun``);
+* ``model``: the modified ResNet50, its weights, and how much of it trains (``TRAINABLE``);
+* ``features``: head-only training on features computed once (feature extraction done fast);
+* ``training``: what every engine shares at the start and end of a run (``TrainingRun``), optimizer groups
+  per block, schedules, clipping, unfreezing during a run;
 * ``resume``: resume points, so an interrupted run continues where it stopped;
 * ``records``: the run record (``RunRecord``, ``RunMeta``);
 * ``evaluation``: predictions and the metrics computed from them;

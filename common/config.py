@@ -65,7 +65,11 @@ class Config:
     image_size: int = field(default=FROM_BUDGET, **_help("training crop size in pixels (from the budget)"))
     epochs: int = field(default=FROM_BUDGET, **_help("epochs per run (from the budget)"))
     batch_size: int = field(default=FROM_BUDGET, **_help("images per batch (from the budget)"))
-    lr: float = field(default=1e-3, **_help("Adam learning rate, cosine-annealed over the epochs"))
+    lr: float = field(default=1e-3, **_help("Adam learning rate of the head (the peak rate with schedule=onecycle)"))
+    trainable: str = field(default="layer4", **_help("what a transfer run trains: head | layer4 | layer3 | all (scratch runs train everything)"))
+    block_lr_ratio: float = field(default=1.0, **_help("each block's learning rate is this times the rate of the block above it (1: one rate for all)"))
+    schedule: str = field(default="cosine", **_help("cosine (annealed over the epochs, stepped per epoch) | onecycle (torch's OneCycleLR, stepped per batch)"))
+    clip_grad_norm: float = field(default=0.0, **_help("clip the gradients' total norm to this (0: off)"))
     weight_decay: float = field(default=1e-4, **_help("Adam weight decay"))
     dropout: float = field(default=0.2, **_help("dropout before the new linear head"))
     val_fraction: float = field(default=0.15, **_help("validation share when the split is made here"))
@@ -94,6 +98,17 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers is None:
             self.num_workers = default_num_workers()
+        from .model import TRAINABLE  # imports torchvision: only when a configuration is made
+        modes = [mode for mode in TRAINABLE if mode != "scratch"]  # scratch is an init, not how much a transfer run trains
+        if self.trainable not in modes:
+            raise ValueError(f"TL_TRAINABLE={self.trainable!r} is not one of {', '.join(modes)}: "
+                             f"{CONFIG_HELP['trainable']}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TL_SCHEDULE={self.schedule!r} is not one of {', '.join(SCHEDULES)}: {CONFIG_HELP['schedule']}")
+        if not self.block_lr_ratio > 0:
+            raise ValueError(f"TL_BLOCK_LR_RATIO={self.block_lr_ratio!r} must be above 0: {CONFIG_HELP['block_lr_ratio']}")
+        if not self.clip_grad_norm >= 0:
+            raise ValueError(f"TL_CLIP_GRAD_NORM={self.clip_grad_norm!r} must be 0 (off) or above: {CONFIG_HELP['clip_grad_norm']}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TL_PRECISION={self.precision!r} is not one of {', '.join(PRECISIONS)}: {CONFIG_HELP['precision']}")
         for f in fields(self):
@@ -122,6 +137,7 @@ class Config:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "onecycle")
 MAIN_SETTINGS = ("budget", "dataset", "weights", "epochs", "image_size", "batch_size", "lr", "seed")
 CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
 _SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

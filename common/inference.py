@@ -12,7 +12,7 @@ from torchvision.models import resnet50
 
 from .datasets import build_transforms
 from .io import write_text_atomic
-from .model import TransferResNet, imagenet_normalisation
+from .model import TransferResNet, imagenet_normalisation, resolve_mode
 from .records import RunMeta, RunRecord, predictions_frame
 from .scan import RGB_MODES, check_image, open_rgb
 from .split import IMAGE_EXTENSIONS
@@ -43,7 +43,7 @@ def load_model(record: RunRecord) -> tuple[TransferResNet, ModelInfo]:
     normalisation) with its best weights loaded (``weights_only=True``), in eval mode, on the CPU."""
     meta = record.meta
     model = TransferResNet(resnet50(weights=None), len(meta.class_names), meta.config["dropout"],
-                           freeze_trunk=meta.init == "transfer")
+                           trainable=resolve_mode(meta.init, meta.config.get("trainable")))
     model.load_state_dict(record.load_best())
     mean, std = imagenet_normalisation()
     info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta)

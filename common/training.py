@@ -17,7 +17,7 @@ import torch
 from .config import Config
 from .datasets import DataBundle, cache_decoded_images, make_loaders
 from .evaluation import accuracy, predict, topk_accuracy
-from .model import WeightsInfo, build_model, parameter_summary, trainable_parameters
+from .model import WeightsInfo, build_model, parameter_summary, resolve_mode, trainable_parameters
 from .records import RunMeta, RunRecord, predictions_frame
 from .runtime import library_versions, pick_device, resolve_channels_last, resolve_precision, seed_everything
 
@@ -60,14 +60,76 @@ def epoch_line(init: str, row: dict) -> str:
             f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | {row['epoch_seconds']:.1f} s")
 
 
+SCHEDULE_INTERVAL = {"cosine": "epoch", "onecycle": "step"}  # when each schedule steps: after every epoch, or batch
+
+
+def block_rates(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> dict[str, float]:
+    """Each trainable block's learning rate, in network order: the head at ``lr`` (default ``cfg.lr``), every
+    block below it ``cfg.block_lr_ratio`` times the rate of the block above it (discriminative rates)."""
+    lr = cfg.lr if lr is None else lr
+    blocks = getattr(model, "trainable_blocks", ("head",))
+    return {name: lr * cfg.block_lr_ratio ** (len(blocks) - 1 - i) for i, name in enumerate(blocks)}
+
+
+def param_groups(model: torch.nn.Module, cfg: Config, blocks=None, lr: float | None = None) -> list[dict]:
+    """The optimizer's parameter groups for ``blocks`` (default: every trainable block), from the head down.
+
+    With ``block_lr_ratio`` 1 every block has the same rate: one group, exactly the optimizer the suite always
+    had. Otherwise one group per block, named after it (``group["name"]``), the head's first, so
+    ``param_groups[0]["lr"]`` is the head's rate in every case."""
+    rates = block_rates(model, cfg, lr)
+    if not hasattr(model, "block_parameters"):  # any other network: one group of what trains
+        return [dict(params=trainable_parameters(model), lr=rates["head"])]
+    params = model.block_parameters()
+    blocks = [b for b in reversed(list(params)) if blocks is None or b in blocks]
+    if cfg.block_lr_ratio == 1.0:
+        return [dict(params=[p for b in reversed(blocks) for p in params[b]], lr=rates["head"])]
+    return [dict(params=params[b], lr=rates[b], name=b) for b in blocks]
+
+
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters only: frozen ones get no state and no updates."""
-    return torch.optim.Adam(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Adam over the trainable parameters only (frozen ones get no state and no updates), one group per
+    block when the blocks have different rates (:func:`param_groups`)."""
+    return torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine annealing from ``cfg.lr`` towards zero over the run, stepped once per epoch."""
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config,
+                   steps_per_epoch: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """``cfg.schedule``: "cosine" anneals from each group's rate towards zero over the run, stepped once per
+    epoch; "onecycle" is torch's ``OneCycleLR`` (its defaults: warm up for 30 % of the steps to each group's
+    rate, anneal; Adam's beta1 cycles 0.95-0.85), stepped after every batch, ``epochs * steps_per_epoch``
+    steps in all. :data:`SCHEDULE_INTERVAL` says which."""
+    if cfg.schedule == "onecycle":
+        if not steps_per_epoch:
+            raise ValueError("schedule='onecycle' steps per batch: make_scheduler needs steps_per_epoch (batches per epoch).")
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=cfg.epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+
+def clip_gradients(model: torch.nn.Module, cfg: Config, optimizer: torch.optim.Optimizer | None = None,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clip the trainable parameters' gradients to a total norm of ``cfg.clip_grad_norm`` (0: do nothing).
+    Call between backward and the optimizer step; with an fp16 ``scaler``, the gradients are unscaled first
+    (pass the ``optimizer`` the scaler steps)."""
+    if not cfg.clip_grad_norm:
+        return
+    if scaler is not None and scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.clip_grad_norm)
+
+
+def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: str, cfg: Config,
+             lr: float | None = None) -> list[str]:
+    """Unfreeze ``model`` down to ``depth`` (``TransferResNet.unfreeze``) and give the newly trainable blocks
+    to ``optimizer``, at rates below the head's ``lr`` (default: the head's current rate) as
+    :func:`block_rates` says. Returns those blocks. A schedule made before does not know the new groups:
+    make the next stage's schedule afterwards."""
+    new = model.unfreeze(depth)
+    head_lr = optimizer.param_groups[0]["lr"] if lr is None else lr
+    for group in param_groups(model, cfg, blocks=new, lr=head_lr) if new else []:
+        optimizer.add_param_group(group)
+    return new
 
 
 def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> TrainingRun:
@@ -77,15 +139,16 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> Training
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     device = pick_device(cfg.device)
-    model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout, cfg.data_dir / "weights")
+    model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout, cfg.data_dir / "weights",
+                                 trainable=cfg.trainable if init == "transfer" else None)
     model.to(device)
     if resolve_channels_last(cfg.channels_last, device):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
     precision = resolve_precision(cfg.precision, device)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
     cache_decoded_images(cfg, data)
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda")
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders["train"]))
     record = RunRecord.at(cfg.runs_dir, data.source.name, engine, init)
     record.start_fresh()
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
@@ -111,13 +174,15 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict) -> RunMe
         is_demo_data=data.source.is_demo, split_fingerprint=data.fingerprint, split_manifest=str(data.manifest_path),
         class_counts={split: counts.to_dict() for split, counts in data.manifest.counts().items()},
         class_names=data.class_names, scan=data.manifest.scan_summary(),
-        weights_source=run.weights.source if run.init == "transfer" else "random",
+        weights_source=run.weights.source if run.init != "scratch" else "random",
         parameters=parameter_summary(model), device=str(run.device), precision=run.precision, seed=cfg.seed,
         budget=cfg.budget, image_size=cfg.image_size, fallbacks=fallbacks, config=cfg.as_dict(),
         versions=library_versions(), started=run.started,
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), epochs_run=len(hist),
         best_epoch=int(hist.loc[hist["val_acc"].idxmax(), "epoch"]) if len(hist) else None,
         best_val_acc=float(hist["val_acc"].max()) if len(hist) else None,
-        test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k))
+        test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
+        trainable=resolve_mode(run.init, cfg.trainable if run.init == "transfer" else None),
+        block_lrs=block_rates(model, cfg), schedule=cfg.schedule, clip_grad_norm=cfg.clip_grad_norm)
     record.write_meta(meta)
     return meta
