@@ -137,6 +137,10 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __iter__(self):
+        """Each item once (``self[key]`` accepts keys past the end: they carry the epoch for the sampler)."""
+        return (self[index] for index in range(len(self)))
+
     def decoded(self, index: int):
         """The image after its deterministic first stage (from the cache when there is one)."""
         if self.cache is not None:

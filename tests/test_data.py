@@ -149,12 +149,13 @@ def test_each_epoch_reshuffles_and_unused_iterators_do_not_shift_it(flat_root):
     assert not torch.equal(xs[0], xs[1])  # new epoch, new augmentation
 
 
-def test_datasets_convert_to_rgb(flat_root, tmp_path):
+def test_datasets_convert_to_rgb_and_iterate_once(flat_root, tmp_path):
     from PIL import Image
     Image.new("L", (40, 30), 128).save(tmp_path / "gray.png")
     ds = D.ImageListDataset(tmp_path, ["gray.png"], [0], transform=None)
     img, label = ds[0]
     assert img.mode == "RGB" and label == 0
+    assert len(list(ds)) == 1  # a loop over a dataset ends, although keys past the end carry the epoch
 
 
 # ---------------------------------------------------------------- the decode-once cache
