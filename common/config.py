@@ -70,6 +70,8 @@ class Config:
     block_lr_ratio: float = field(default=1.0, **_help("each block's learning rate is this times the rate of the block above it (1: one rate for all)"))
     schedule: str = field(default="cosine", **_help("cosine (annealed over the epochs, stepped per epoch) | onecycle (torch's OneCycleLR, stepped per batch)"))
     clip_grad_norm: float = field(default=0.0, **_help("clip the gradients' total norm to this (0: off)"))
+    head_epochs: int = field(default=0, **_help("two-stage fine-tuning: train only the head for this many epochs, then unfreeze to `trainable` for the rest (0: one stage)"))
+    finetune_lr_ratio: float = field(default=0.1, **_help("two-stage: after unfreezing, the head's learning rate is lr times this (the blocks below follow block_lr_ratio)"))
     weight_decay: float = field(default=1e-4, **_help("Adam weight decay"))
     dropout: float = field(default=0.2, **_help("dropout before the new linear head"))
     val_fraction: float = field(default=0.15, **_help("validation share when the split is made here"))
@@ -109,6 +111,14 @@ class Config:
             raise ValueError(f"TL_BLOCK_LR_RATIO={self.block_lr_ratio!r} must be above 0: {CONFIG_HELP['block_lr_ratio']}")
         if not self.clip_grad_norm >= 0:
             raise ValueError(f"TL_CLIP_GRAD_NORM={self.clip_grad_norm!r} must be 0 (off) or above: {CONFIG_HELP['clip_grad_norm']}")
+        if self.head_epochs and not 0 < self.head_epochs < self.epochs:
+            raise ValueError(f"TL_HEAD_EPOCHS={self.head_epochs!r} must leave epochs for the second stage: between 1 and "
+                             f"epochs - 1 = {self.epochs - 1} (or 0 for one stage). {CONFIG_HELP['head_epochs']}")
+        if self.head_epochs and self.trainable == "head":
+            raise ValueError("head_epochs > 0 trains the head first, then unfreezes to `trainable`: with trainable='head' "
+                             "there is nothing to unfreeze. Choose trainable='layer4', 'layer3' or 'all'.")
+        if not self.finetune_lr_ratio > 0:
+            raise ValueError(f"TL_FINETUNE_LR_RATIO={self.finetune_lr_ratio!r} must be above 0: {CONFIG_HELP['finetune_lr_ratio']}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TL_PRECISION={self.precision!r} is not one of {', '.join(PRECISIONS)}: {CONFIG_HELP['precision']}")
         for f in fields(self):

@@ -18,6 +18,7 @@ from .records import INITS
 INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
 ENGINE_MARKERS = {"plain": "o", "ignite": "s", "lightning": "^"}
 FROZEN_COLOUR, TRAINABLE_COLOUR = "#bbbbbb", "#2ca02c"
+BOUNDARY_COLOUR = "#7f7f7f"
 
 
 def save_figure(fig: plt.Figure, folder: Path, name: str) -> Path:
@@ -132,11 +133,13 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
             ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
             ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", **style)
         ax_lr.plot(h["epoch"], h["lr"], linestyle="-", **style)
+    boundaries = mark_stage_boundaries((ax_loss, ax_acc, ax_lr), histories.values())
     if chance is not None:
         ax_acc.axhline(chance, color="grey", linewidth=1, linestyle=":")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax_lr.set(title="Learning rate used in the epoch (same schedule: lines overlap)", xlabel="epoch", ylabel="learning rate")
+    ax_lr.set(title="Learning rate at each epoch's start (same schedule: lines overlap)", xlabel="epoch",
+              ylabel="learning rate (head)")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -146,8 +149,27 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
                 Line2D([], [], color="black", linestyle="-", label="validation")]
     if chance is not None:
         handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
+    if boundaries:
+        handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen)"))
     ax_acc.legend(handles=handles, fontsize=7, loc="best")
     return finish_figure(fig, "Learning curves", caption)
+
+
+def stage_boundaries(history: pd.DataFrame) -> list[float]:
+    """Where a history's stages meet, on the epoch axis (half-way between the two epochs)."""
+    if "stage" not in history or history.empty:
+        return []
+    starts = history.loc[history["stage"].diff().fillna(0).ne(0), "epoch"]
+    return [float(epoch) - 0.5 for epoch in starts]
+
+
+def mark_stage_boundaries(axes, histories) -> set[float]:
+    """A vertical line on every axis where any of ``histories`` enters a new stage; the positions drawn."""
+    positions = {x for h in histories for x in stage_boundaries(h)}
+    for ax in axes:
+        for x in positions:
+            ax.axvline(x, color=BOUNDARY_COLOUR, linestyle="-.", linewidth=1)
+    return positions
 
 
 def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0, title: str = "",

@@ -22,11 +22,11 @@ import pandas as pd
 
 from .io import load_state, save_state, write_csv_atomic, write_text_atomic
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
+HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 ENGINES = ("plain", "ignite", "lightning")
 INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
 PRODUCER = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: stages (two-stage fine-tuning) in the meta, a stage column in the history
 FIGURES = "figures"
 
 
@@ -74,6 +74,8 @@ class RunMeta:
     block_lrs: dict[str, float] = field(default_factory=dict)  # each block that trained -> its rate, stem first
     schedule: str = "cosine"  # cosine (per epoch) | onecycle (per batch)
     clip_grad_norm: float = 0.0  # 0: no clipping
+    stages: list[dict] = field(default_factory=list)  # common.training.Stage as dicts: epochs, what trained, head lr
+    steps_per_epoch: int = 0  # optimizer steps (batches) per training epoch: what a per-batch schedule counts
     schema: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)  # anything an engine or a later lesson adds
 

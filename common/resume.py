@@ -12,7 +12,7 @@ import torch
 
 from .config import Config
 from .io import load_state, save_state
-from .training import TrainingRun
+from .training import TrainingRun, enter_stage
 
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
 _NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images")
@@ -103,11 +103,19 @@ def resume_or_start(run: TrainingRun) -> RunProgress:
     return progress
 
 
+def epochs_done(progress_state: dict) -> int:
+    """How many epochs a saved :class:`RunProgress` state had completed."""
+    return len(progress_state["history"])
+
+
 def load_resume_point(run: TrainingRun, progress: RunProgress) -> bool:
-    """Restore model, optimizer, schedule and progress from the record's resume point; True if something was resumed."""
+    """Restore model, optimizer, schedule and progress from the record's resume point; True if something was
+    resumed. A two-stage run saved after its boundary first enters its second stage, so that the optimizer
+    and schedule being restored have the saved groups."""
     state = read_resume_point(run, run.record.resume)
     if state is None:
         return False
+    enter_stage(run, run.stage_for(epochs_done(state["progress"])))
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

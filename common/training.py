@@ -9,6 +9,7 @@ comparable: same seed, same split, same batch order, same initial weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -17,9 +18,44 @@ import torch
 from .config import Config
 from .datasets import DataBundle, cache_decoded_images, make_loaders
 from .evaluation import accuracy, predict, topk_accuracy
-from .model import WeightsInfo, build_model, parameter_summary, resolve_mode, trainable_parameters
+from .model import WeightsInfo, build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
 from .records import RunMeta, RunRecord, predictions_frame
 from .runtime import library_versions, pick_device, resolve_channels_last, resolve_precision, seed_everything
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its epochs (counted from 1), what trains, and the head's learning rate (the peak
+    with one-cycle). A one-stage run has one; two-stage fine-tuning (``cfg.head_epochs``) has two."""
+    number: int
+    first_epoch: int
+    epochs: int
+    trainable: str  # a mode of common.model.TRAINABLE
+    lr: float
+
+    @property
+    def last_epoch(self) -> int:
+        return self.first_epoch + self.epochs - 1
+
+    @property
+    def depth(self) -> str:
+        """The first block that trains (what ``model.unfreeze`` takes to enter this stage)."""
+        return trainable_blocks(self.trainable)[0]
+
+    def describe(self) -> str:
+        epochs = f"epoch {self.first_epoch}" if self.epochs == 1 else f"epochs {self.first_epoch}-{self.last_epoch}"
+        return f"stage {self.number} ({epochs}): {', '.join(trainable_blocks(self.trainable))} train, head lr {self.lr:.2g}"
+
+
+def plan_stages(cfg: Config, init: str) -> tuple[Stage, ...]:
+    """The stages of a run. One, unless ``cfg.head_epochs`` asks for two-stage fine-tuning of a transfer run:
+    first the head alone at ``cfg.lr``, then unfrozen down to the run's mode at ``cfg.lr * cfg.finetune_lr_ratio``.
+    Scratch runs, and runs that train only the head, always have one stage."""
+    mode = resolve_mode(init, cfg.trainable if init == "transfer" else None)
+    if not cfg.head_epochs or mode in ("head", "scratch"):
+        return (Stage(1, 1, cfg.epochs, mode, cfg.lr),)
+    return (Stage(1, 1, cfg.head_epochs, "head", cfg.lr),
+            Stage(2, cfg.head_epochs + 1, cfg.epochs - cfg.head_epochs, mode, cfg.lr * cfg.finetune_lr_ratio))
 
 
 @dataclass
@@ -39,6 +75,13 @@ class TrainingRun:
     started: str = ""
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     scaler: torch.amp.GradScaler | None = None  # fp16 only: keeps small gradients from underflowing
+    stages: tuple[Stage, ...] = ()  # plan_stages: one, or two for two-stage fine-tuning
+    stage: Stage | None = None  # the stage the model, optimizer and schedule are in now
+
+    def stage_for(self, epoch: int) -> Stage:
+        """The stage that ``epoch`` (counted from 1) belongs to: after a resume point saved at the end of epoch
+        k, the model, optimizer and schedule are those of ``stage_for(k)``."""
+        return next((s for s in reversed(self.stages) if epoch >= s.first_epoch), self.stages[0])
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -87,24 +130,42 @@ def param_groups(model: torch.nn.Module, cfg: Config, blocks=None, lr: float | N
     return [dict(params=params[b], lr=rates[b], name=b) for b in blocks]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
     """Adam over the trainable parameters only (frozen ones get no state and no updates), one group per
-    block when the blocks have different rates (:func:`param_groups`)."""
-    return torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    block when the blocks have different rates (:func:`param_groups`); the head at ``lr`` (default ``cfg.lr``;
+    a stage's ``Stage.lr``)."""
+    lr = cfg.lr if lr is None else lr
+    return torch.optim.Adam(param_groups(model, cfg, lr=lr), lr=lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config,
-                   steps_per_epoch: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
-    """``cfg.schedule``: "cosine" anneals from each group's rate towards zero over the run, stepped once per
-    epoch; "onecycle" is torch's ``OneCycleLR`` (its defaults: warm up for 30 % of the steps to each group's
-    rate, anneal; Adam's beta1 cycles 0.95-0.85), stepped after every batch, ``epochs * steps_per_epoch``
-    steps in all. :data:`SCHEDULE_INTERVAL` says which."""
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int | None = None,
+                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """``cfg.schedule`` over ``epochs`` (default ``cfg.epochs``; a stage's ``Stage.epochs``): "cosine" anneals
+    from each group's rate towards zero, stepped once per epoch; "onecycle" is torch's ``OneCycleLR`` (its
+    defaults: warm up for 30 % of the steps to each group's rate, anneal; Adam's beta1 cycles 0.95-0.85),
+    stepped after every batch, ``epochs * steps_per_epoch`` steps in all. :data:`SCHEDULE_INTERVAL` says which."""
+    epochs = cfg.epochs if epochs is None else epochs
     if cfg.schedule == "onecycle":
         if not steps_per_epoch:
             raise ValueError("schedule='onecycle' steps per batch: make_scheduler needs steps_per_epoch (batches per epoch).")
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=cfg.epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                                                   total_steps=epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def enter_stage(run: TrainingRun, stage: Stage) -> bool:
+    """Put ``run`` into ``stage`` unless it is there already: unfreeze the model down to the stage's depth, then
+    a new optimizer (fresh Adam state, the stage's rates) and a new schedule over the stage's epochs, as
+    ``run.optimizer`` and ``run.scheduler``. A new optimizer rather than groups added to the old one: a
+    one-cycle schedule cannot take groups it was not made with. True when the stage changed."""
+    if run.stage == stage:
+        return False
+    run.model.unfreeze(stage.depth)
+    run.optimizer = make_optimizer(run.model, run.cfg, lr=stage.lr)
+    run.scheduler = make_scheduler(run.optimizer, run.cfg, len(run.loaders["train"]), epochs=stage.epochs)
+    run.stage = stage
+    print(stage.describe())
+    return True
 
 
 def clip_gradients(model: torch.nn.Module, cfg: Config, optimizer: torch.optim.Optimizer | None = None,
@@ -132,29 +193,32 @@ def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: st
     return new
 
 
-def start_run(cfg: Config, data: DataBundle, engine: str, init: str) -> TrainingRun:
-    """Seed, build the model, optimizer, schedule and fresh loaders, and open the run's record."""
+def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str | None = None) -> TrainingRun:
+    """Seed, build the model, optimizer, schedule and fresh loaders (all in the run's first stage), and open the
+    run's record: ``runs/<dataset>/<engine>-<name>/``, ``name`` defaulting to ``init``."""
     seed_everything(cfg.seed)
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     device = pick_device(cfg.device)
-    model, weights = build_model(len(data.class_names), init, cfg.weights, cfg.dropout, cfg.data_dir / "weights",
-                                 trainable=cfg.trainable if init == "transfer" else None)
+    stages = plan_stages(cfg, init)
+    first = stages[0]
+    model, weights = build_model(len(data.class_names), "scratch" if first.trainable == "scratch" else "transfer",
+                                 cfg.weights, cfg.dropout, cfg.data_dir / "weights", trainable=first.trainable)
     model.to(device)
     if resolve_channels_last(cfg.channels_last, device):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
     precision = resolve_precision(cfg.precision, device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, lr=first.lr)
     cache_decoded_images(cfg, data)
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda")
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders["train"]))
-    record = RunRecord.at(cfg.runs_dir, data.source.name, engine, init)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders["train"]), epochs=first.epochs)
+    record = RunRecord.at(cfg.runs_dir, data.source.name, engine, name or init)
     record.start_fresh()
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return TrainingRun(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, record,
                     started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), precision=precision,
-                    scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
+                    scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stages=stages, stage=first)
 
 
 def finish_run(run: TrainingRun, history: list[dict], best_state: dict) -> RunMeta:
@@ -182,7 +246,8 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict) -> RunMe
         best_epoch=int(hist.loc[hist["val_acc"].idxmax(), "epoch"]) if len(hist) else None,
         best_val_acc=float(hist["val_acc"].max()) if len(hist) else None,
         test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
-        trainable=resolve_mode(run.init, cfg.trainable if run.init == "transfer" else None),
-        block_lrs=block_rates(model, cfg), schedule=cfg.schedule, clip_grad_norm=cfg.clip_grad_norm)
+        trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr), schedule=cfg.schedule,
+        clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
+        steps_per_epoch=len(run.loaders["train"]))
     record.write_meta(meta)
     return meta

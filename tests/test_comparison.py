@@ -26,7 +26,7 @@ def _preds(true, pred, conf=None):
 
 def _history(val_acc, seconds, loss=1.0):
     n = len(val_acc)
-    return pd.DataFrame(dict(epoch=range(1, n + 1), train_loss=[loss] * n, train_acc=val_acc, val_loss=[loss] * n,
+    return pd.DataFrame(dict(epoch=range(1, n + 1), stage=[1] * n, train_loss=[loss] * n, train_acc=val_acc, val_loss=[loss] * n,
                              val_acc=val_acc, lr=[1e-3] * n, epoch_seconds=seconds))
 
 

@@ -9,6 +9,7 @@ import shutil
 
 import nbformat
 import pytest
+import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
 
 from common.compare import assert_engines_agree
@@ -55,3 +56,32 @@ def test_engines_agree_in_mixed_precision_and_channels_last(tmp_path):
     assert {r.meta.precision for r in runs.values()} == {"bf16"}
     table = assert_engines_agree({k: r.history for k, r in runs.items()})
     assert table["agrees"].all()
+
+
+def one_cycle_rates(max_lr: float, steps: int, at: list[int]) -> list[float]:
+    """torch's OneCycleLR rate after ``at`` steps (of ``steps`` in all), from a scheduler of its own."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
+    rates = []
+    for step in range(max(at) + 1):
+        if step in at:
+            rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_engines_agree_two_stage_with_discriminative_rates_one_cycle_and_clipping(two_stage_runs):
+    table = assert_engines_agree({k: r.history for k, r in two_stage_runs.items()})
+    assert table["agrees"].all()
+    transfer = two_stage_runs[("plain", "transfer")]
+    meta, steps = transfer.meta, transfer.meta.steps_per_epoch
+    assert [s["trainable"] for s in meta.stages] == ["head", "layer3"] and meta.schedule == "onecycle"
+    assert meta.block_lrs == pytest.approx({"layer3": 2.5e-5, "layer4": 5e-5, "head": 1e-4})  # lr 1e-3 x 0.1, halving
+    for (engine, init), record in two_stage_runs.items():
+        h = record.history
+        assert list(h["stage"]) == ([1, 2, 2] if init == "transfer" else [1, 1, 1]), (engine, init)
+        # the head's rate at each epoch's start is torch's OneCycleLR after that many per-batch steps, per stage
+        expected = (one_cycle_rates(1e-3, steps, [0]) + one_cycle_rates(1e-4, 2 * steps, [0, steps])
+                    if init == "transfer" else one_cycle_rates(1e-3, 3 * steps, [0, steps, 2 * steps]))
+        assert list(h["lr"]) == pytest.approx(expected, rel=1e-9), (engine, init)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+
 import nbformat
+import numpy as np
 import pytest
-from conftest import NOTEBOOKS, things_to_try
+from conftest import NOTEBOOKS, TINY, TWO_STAGE, things_to_try
+
+from common import loop
+from common.config import load_config
+from common.datasets import prepare_data
+from common.records import INITS, RunRecord
+
+COMPARED = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
 ROOT = NOTEBOOKS.parent
 ALL = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -82,3 +91,18 @@ def test_the_setup_cell_is_collapsed_with_a_title(name):
     cell = next(c for c in json.loads((NOTEBOOKS / name).read_text())["cells"] if c["cell_type"] == "code")
     assert cell["source"][0].startswith("#@title ") and cell["metadata"].get("cellView") == "form"
     assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
+
+
+@pytest.mark.parametrize("stages", ["one stage", "two-stage"])
+def test_common_loop_computes_what_notebook_01s_loop_computes(stages, request, tiny_base, tmp_path, monkeypatch):
+    """``common.loop`` is notebook 01's loop as a tested function (notebook 05 trains with it): same history."""
+    two = stages == "two-stage"
+    reference = request.getfixturevalue("two_stage_runs" if two else "engine_runs")
+    for name, value in {**TINY, **(TWO_STAGE if two else {})}.items():
+        monkeypatch.setenv(name, value)
+    cfg = load_config(data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
+    data = prepare_data(cfg)
+    for init in INITS:
+        loop.train(cfg, data, init)
+        ours, theirs = RunRecord.at(cfg.runs_dir, "demo", "plain", init).history, reference[("plain", init)].history
+        np.testing.assert_allclose(ours[COMPARED].to_numpy(), theirs[COMPARED].to_numpy(), rtol=1e-6)

@@ -16,7 +16,7 @@ def test_history_must_have_every_column(tmp_path):
     record = R.RunRecord(tmp_path)
     with pytest.raises(ValueError, match="val_acc"):
         record.write_history([dict(epoch=1, train_loss=1.0)])
-    rows = [dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0, extra=1)]
+    rows = [dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0, extra=1)]
     df = record.write_history(rows)
     assert list(df.columns) == R.HISTORY_COLUMNS and list(record.history.columns) == R.HISTORY_COLUMNS
     assert not list(tmp_path.glob(".*.tmp"))
@@ -109,7 +109,7 @@ def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     whole = Manifest.load(data.full_manifest_path)
     assert whole.counts()["train"].min() > 4  # the caps bind
     run = start_run(cfg, data, "plain", "scratch")
-    row = dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
+    row = dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
     finish_run(run, [row], run.model.state_dict())
     record = R.RunRecord.at(cfg.runs_dir, "demo", "plain", "scratch")
     assert record.meta.train_counts().eq(4).all() and len(record.meta.train_counts()) == 6

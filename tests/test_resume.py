@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TWO_STAGE, tiny_env
 
 from common.config import load_config
 from common.datasets import prepare_data
@@ -18,7 +18,7 @@ from common.records import RunRecord
 from common.resume import RunProgress, read_resume_point, save_resume_point
 from common.training import start_run
 
-COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+COMPARED = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
 
 def notebook_as_script(name: str) -> str:
@@ -33,10 +33,15 @@ def resume_marker(runs, engine):
     return record.lightning_last if engine == "lightning" else record.resume
 
 
+@pytest.mark.parametrize("stages", ["one stage", "two-stage"])
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
-def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, engine_runs, tiny_base, tmp_path):
+def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, stages, request, tiny_base, tmp_path):
+    """Killed right after its first resume point: for a two-stage run (TWO_STAGE: one head epoch) that is the
+    stage boundary, so the resumed run must enter stage two itself and match the uninterrupted two-stage run."""
+    two = stages == "two-stage"
+    reference_runs = request.getfixturevalue("two_stage_runs" if two else "engine_runs")
     runs = tmp_path / "runs"
-    env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on")  # the progress bars' code paths, as text
+    env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on", **(TWO_STAGE if two else {}))  # bars' code paths, as text
     script = tmp_path / f"notebook_{engine}_as_script.py"
     script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine]))
     marker = resume_marker(runs, engine)
@@ -60,7 +65,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, engine_runs, 
     assert "Resuming" in done.stdout
     for init in ("transfer", "scratch"):
         resumed = RunRecord.at(runs, "demo", engine, init).history
-        reference = engine_runs[(engine, init)].history
+        reference = reference_runs[(engine, init)].history
         assert len(resumed) == len(reference)
         np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
 
@@ -74,7 +79,7 @@ def tiny_run(tiny_base, tmp_path):
 
 def test_a_checkpoint_cut_short_is_never_trusted(tiny_run, capsys):
     progress = RunProgress(tiny_run)
-    progress.record(dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
+    progress.record(dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
     save_resume_point(tiny_run, progress)
     path = tiny_run.record.resume
     assert read_resume_point(tiny_run, path)["progress"]["history"] == progress.history

@@ -298,7 +298,7 @@ def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
     cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
                       data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
     run = start_run(cfg, prepare_data(cfg), "plain", "transfer")
-    finish_run(run, [dict(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+    finish_run(run, [dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
                           epoch_seconds=1.0)], run.model.state_dict())
     assert list(home.rglob("*")) == []
     assert {p.name for p in tmp_path.iterdir()} - {"mpl"} == {"data", "home", "runs"}
