@@ -183,3 +183,56 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
         lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs}: "
                      f"{better} did better here.")
     return lines
+
+
+def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
+    """One row per run of the unfreezing spectrum (keyed by the run's name): what trained, its cost and its accuracy.
+    Epoch seconds are medians over the run's epochs (stage two's for a two-stage run, the part that differs)."""
+    rows = []
+    for name, record in records.items():
+        meta, history = record.meta, record.history
+        stages = " then ".join(s["trainable"] for s in meta.stages) or meta.mode
+        last = history[history["stage"] == history["stage"].max()] if "stage" in history else history
+        rows.append(dict(run=name, trains=stages, trainable_parameters=int(meta.parameters["trainable"]),
+                         median_epoch_seconds=float(last["epoch_seconds"].median()),
+                         one_off_seconds=float(meta.extra.get("feature_extraction_seconds", 0.0)),
+                         best_val_acc=meta.best_val_acc, test_acc=meta.test_acc))
+    return pd.DataFrame(rows).set_index("run")
+
+
+def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[str]:
+    """Sentences, generated from the records, on what the spectrum of runs shows and what it cannot."""
+    metas = [record.meta for record in records.values()]
+    n = len(metas[0].class_names)
+    lines = [f"Chance level is {1 / n:.2f} ({n} classes)."]
+    if any(m.is_demo_data for m in metas):
+        lines.append("These runs used the offline demo data (drawn toy vegetables): their accuracies say nothing "
+                     "about the real photographs.")
+    if any(m.random_transfer for m in metas):
+        lines.append("Every mode but scratch started from RANDOM weights (no ImageNet weights were used): a frozen "
+                     "random block computes features that mean nothing, so here the more a mode trains, the more it "
+                     "behaves like scratch. Which mode learns best is NOT shown by this run; what each costs "
+                     "(parameters, memory, seconds per epoch) is, because cost does not depend on the weights.")
+    if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records):
+        same = np.allclose(records["all"].history["train_loss"], records["scratch"].history["train_loss"])
+        if same:
+            lines.append("'all' and 'scratch' computed the same numbers: with random weights, fine-tuning everything "
+                         "IS training from scratch (same seed, same initial weights). With ImageNet weights they differ.")
+    if "scratch" in table.index:
+        base = table.loc["scratch", "median_epoch_seconds"]
+        costs = ", ".join(f"{run} {secs:.2g} s ({base / secs:.1f}x)" for run, secs in table["median_epoch_seconds"].items()
+                          if run != "scratch")
+        lines.append(f"Median seconds per epoch, and how many times faster than scratch's {base:.2g} s: {costs}.")
+        if base < 2:
+            lines.append("Epochs this short are mostly fixed costs (the optimizer step, loading, Python) and the noise of "
+                         "a shared machine: only large ratios mean something here; the cpu and full budgets give "
+                         "epochs long enough to time.")
+    cached = table[table["one_off_seconds"] > 0]
+    for run, row in cached.iterrows():
+        lines.append(f"{run}: computing the features once took {row['one_off_seconds']:.2g} s, after which each epoch "
+                     f"is one small matrix product; it has no augmentation (the features are fixed).")
+    by_acc = _grouped({run: (round(acc, 4),) for run, acc in table["test_acc"].items()})
+    ranked = sorted(by_acc.items(), key=lambda item: -item[0][0])
+    lines.append("Test accuracy here, best first: " + "; ".join(f"{acc:.1%} {', '.join(runs)}" for (acc,), runs in ranked)
+                 + ".")
+    return lines

@@ -294,3 +294,29 @@ def parameter_summary(model: nn.Module) -> dict:
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def training_memory(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """What one training step of ``model`` keeps in memory, in MB, measured on ``images`` (one batch): all the
+    weights, the gradients and Adam's two moments of the trainable ones, and the activations autograd saves
+    for backward (counted as they are saved, each storage once, weights left out). Frozen blocks run without
+    autograd, so they save nothing: that is where freezing saves memory, beside the optimizer state.
+    Runs one forward in training mode on a copy, so ``model`` itself is untouched."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images)
+    mb = 2 ** -20
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return dict(weights=sum(p.numel() * p.element_size() for p in model.parameters()) * mb,
+                gradients=trainable * mb, adam_state=2 * trainable * mb, activations=sum(saved.values()) * mb)

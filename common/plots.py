@@ -16,6 +16,10 @@ from PIL import Image
 from .records import INITS
 
 INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
+# Notebook 05's runs, by how much trains: light to dark as more of the network trains; the recipe (layer4) in
+# the transfer colour, scratch in its own.
+MODE_COLOURS = {"head-cached": "#c6dbef", "head": "#9ecae1", "layer4": "#1f77b4", "layer3": "#08519c",
+                "all": "#08306b", "two-stage": "#9467bd", "scratch": "#ff7f0e"}
 ENGINE_MARKERS = {"plain": "o", "ignite": "s", "lightning": "^"}
 FROZEN_COLOUR, TRAINABLE_COLOUR = "#bbbbbb", "#2ca02c"
 BOUNDARY_COLOUR = "#7f7f7f"
@@ -54,8 +58,8 @@ def finish_figure(fig: plt.Figure, title: str, caption: str) -> plt.Figure:
 
 def in_suite_order(keyed: dict) -> dict:
     """(engine, init)-keyed items ordered as everywhere in the suite: engines in order, transfer before scratch."""
-    engines = list(ENGINE_MARKERS)
-    rank = lambda key: (engines.index(key[0]) if key[0] in engines else 99, INITS.index(key[1]) if key[1] in INITS else 99)
+    engines, inits = list(ENGINE_MARKERS), [*INITS[:1], *MODE_COLOURS]  # transfer, then notebook 05's runs, scratch last
+    rank = lambda key: (engines.index(key[0]) if key[0] in engines else 99, inits.index(key[1]) if key[1] in inits else 99)
     return dict(sorted(keyed.items(), key=lambda item: rank(item[0])))
 
 
@@ -128,29 +132,30 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     histories = in_suite_order(histories)
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 3.9))
     for (engine, init), h in histories.items():
-        style = dict(color=INIT_COLOURS.get(init), marker=ENGINE_MARKERS.get(engine), markersize=4)
+        style = dict(color=INIT_COLOURS.get(init, MODE_COLOURS.get(init)), marker=ENGINE_MARKERS.get(engine), markersize=4)
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
             ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", **style)
         ax_lr.plot(h["epoch"], h["lr"], linestyle="-", **style)
-    boundaries = mark_stage_boundaries((ax_loss, ax_acc, ax_lr), histories.values())
+    boundaries = mark_stage_boundaries((ax_loss, ax_acc, ax_lr), histories)
     if chance is not None:
         ax_acc.axhline(chance, color="grey", linewidth=1, linestyle=":")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    ax_lr.set(title="Learning rate at each epoch's start (same schedule: lines overlap)", xlabel="epoch",
-              ylabel="learning rate (head)")
+    same = len({tuple(h["lr"].round(12)) for h in histories.values()}) == 1 and len(histories) > 1
+    ax_lr.set(title="Learning rate at each epoch's start" + (" (one schedule: lines overlap)" if same else ""),
+              xlabel="epoch", ylabel="learning rate (head)")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=INIT_COLOURS.get(i), marker=ENGINE_MARKERS.get(e), label=f"{e} / {i}")
-               for e, i in histories]
+    handles = [Line2D([], [], color=INIT_COLOURS.get(i, MODE_COLOURS.get(i)), marker=ENGINE_MARKERS.get(e),
+                      label=f"{e} / {i}") for e, i in histories]
     handles += [Line2D([], [], color="black", linestyle="--", label="training"),
                 Line2D([], [], color="black", linestyle="-", label="validation")]
     if chance is not None:
         handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
     if boundaries:
-        handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen)"))
+        handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen), run's colour"))
     ax_acc.legend(handles=handles, fontsize=7, loc="best")
     return finish_figure(fig, "Learning curves", caption)
 
@@ -163,13 +168,16 @@ def stage_boundaries(history: pd.DataFrame) -> list[float]:
     return [float(epoch) - 0.5 for epoch in starts]
 
 
-def mark_stage_boundaries(axes, histories) -> set[float]:
-    """A vertical line on every axis where any of ``histories`` enters a new stage; the positions drawn."""
-    positions = {x for h in histories for x in stage_boundaries(h)}
-    for ax in axes:
-        for x in positions:
-            ax.axvline(x, color=BOUNDARY_COLOUR, linestyle="-.", linewidth=1)
-    return positions
+def mark_stage_boundaries(axes, histories: dict[tuple[str, str], pd.DataFrame]) -> list[float]:
+    """A vertical line, in the run's colour, on every axis where a history enters a new stage; the positions."""
+    drawn = []
+    for (engine, init), history in histories.items():
+        for x in stage_boundaries(history):
+            for ax in axes:
+                ax.axvline(x, color=INIT_COLOURS.get(init, MODE_COLOURS.get(init, BOUNDARY_COLOUR)), linestyle="-.",
+                           linewidth=1)
+            drawn.append(x)
+    return drawn
 
 
 def image_grid(paths: list[Path], titles: list[str], cols: int = 6, size: float = 2.0, title: str = "",
@@ -234,3 +242,38 @@ def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Fi
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return finish_figure(fig, "Per-class accuracy against class size", caption)
+
+
+def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | None = None) -> plt.Figure:
+    """Test accuracy against trainable parameters and against seconds per epoch, one point per run of the
+    unfreezing spectrum (``common.compare.mode_table``), each run its own colour and marker. Both x axes are
+    logarithmic: the runs span three orders of magnitude, and no run has zero of either."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    markers = dict(zip(table.index, "os^DvPXh*"))
+    for ax, column, label in ((axes[0], "trainable_parameters", "trainable parameters (log scale)"),
+                              (axes[1], "median_epoch_seconds", "seconds per training epoch, median (log scale)")):
+        for run, row in table.iterrows():
+            ax.scatter(row[column], row["test_acc"], s=70, color=MODE_COLOURS.get(run, "#333333"), marker=markers[run],
+                       edgecolor="black", linewidth=0.5, alpha=0.85, zorder=3, label=run)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance ({chance:.2f})")
+        ax.set(xscale="log", xlabel=label, ylabel="test accuracy", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Accuracy against what trains")
+    axes[1].set_title("Accuracy against what an epoch costs")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return finish_figure(fig, "How much to unfreeze: accuracy and cost per run", caption)
+
+
+def plot_memory(memory: pd.DataFrame, caption: str = "") -> plt.Figure:
+    """Stacked bars per mode: MB of weights, gradients, Adam's state and saved activations (``training_memory``)."""
+    parts = [("weights", "#bbbbbb"), ("gradients", "#9ecae1"), ("adam_state", "#1f77b4"), ("activations", "#ff7f0e")]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bottom = np.zeros(len(memory))
+    for column, colour in parts:
+        ax.bar(memory.index, memory[column], bottom=bottom, color=colour, label=column.replace("_", " "))
+        bottom += memory[column].to_numpy(dtype=float)
+    ax.set(ylabel="MB during one training step", xlabel="what trains")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return finish_figure(fig, "What each mode keeps in memory while it trains", caption)

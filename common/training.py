@@ -221,7 +221,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
                     scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stages=stages, stage=first)
 
 
-def finish_run(run: TrainingRun, history: list[dict], best_state: dict) -> RunMeta:
+def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: dict | None = None) -> RunMeta:
     """Close a run: keep the model's current (last epoch's) weights as the record's last checkpoint, load
     ``best_state`` (chosen on validation) as its best, evaluate that once on test, write the record."""
     cfg, data, model, record = run.cfg, run.data, run.model, run.record
@@ -248,6 +248,6 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict) -> RunMe
         test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
         trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr), schedule=cfg.schedule,
         clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
-        steps_per_epoch=len(run.loaders["train"]))
+        steps_per_epoch=len(run.loaders["train"]), extra=dict(extra or {}))
     record.write_meta(meta)
     return meta
