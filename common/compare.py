@@ -64,6 +64,11 @@ def time_to_target(history: pd.DataFrame, target: float) -> float | None:
     return float(history["epoch_seconds"].loc[: reached[0]].sum())
 
 
+def trains(meta) -> str:
+    """What a run trained, from its record: its mode, or each stage's ("head then layer3")."""
+    return " then ".join(s["trainable"] for s in meta.stages) if len(meta.stages) > 1 else meta.mode
+
+
 def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
     """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
 
@@ -71,7 +76,8 @@ def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
     rows = []
     for (engine, init), record in records.items():
         h, m = record.history, record.meta
-        rows.append({"engine": engine, "init": init, "test_acc": m.test_acc, f"test_top{m.top_k}": m.test_topk_acc,
+        rows.append({"engine": engine, "init": init, "trains": trains(m), "test_acc": m.test_acc,
+                     f"test_top{m.top_k}": m.test_topk_acc,
                      "best_val_acc": float(h["val_acc"].max()), "best_epoch": m.best_epoch, "epochs": len(h),
                      "mean_epoch_s": float(h["epoch_seconds"].mean()), "trainable_params": m.parameters["trainable"],
                      "weights": m.weights_source})
@@ -191,9 +197,8 @@ def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
     rows = []
     for name, record in records.items():
         meta, history = record.meta, record.history
-        stages = " then ".join(s["trainable"] for s in meta.stages) or meta.mode
         last = history[history["stage"] == history["stage"].max()] if "stage" in history else history
-        rows.append(dict(run=name, trains=stages, trainable_parameters=int(meta.parameters["trainable"]),
+        rows.append(dict(run=name, trains=trains(meta), trainable_parameters=int(meta.parameters["trainable"]),
                          median_epoch_seconds=float(last["epoch_seconds"].median()),
                          one_off_seconds=float(meta.extra.get("feature_extraction_seconds", 0.0)),
                          best_val_acc=meta.best_val_acc, test_acc=meta.test_acc))
