@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import dominant_prediction
+from .model import trainable_blocks
 from .records import ENGINES, INITS, RunRecord, find_records
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
@@ -165,9 +166,11 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
                      "their accuracies say nothing about the real dataset.")
     random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
-        lines.append("The 'transfer' runs started from RANDOM weights (ImageNet weights were unavailable), so they "
-                     "transferred nothing: their frozen trunk computes random features that training never improves, "
-                     "and only layer4 and the head can adapt. This run cannot show what transfer learning gains.")
+        modes = sorted({r.meta.mode for r in records.values() if r.meta.random_transfer})
+        adapts = " / ".join(", ".join(trainable_blocks(mode)) for mode in modes)
+        lines.append("The 'transfer' runs started from RANDOM weights (no ImageNet weights were used), so they "
+                     "transferred nothing: their frozen blocks compute random features that training never improves, "
+                     f"and only {adapts} can adapt. This run cannot show what transfer learning gains.")
         collapsed = {label: (cls, round(share, 2)) for label, (cls, share) in random.items() if share > 0.5}
         for (cls, share), runs in _grouped(collapsed).items():
             lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images: with random, "

@@ -62,6 +62,7 @@ class Config:
     data_dir: Path = field(default=REPO_ROOT / "data", **_help("where datasets and split manifests live"))
     runs_dir: Path = field(default=REPO_ROOT / "runs", **_help("where run records, figures and executed notebooks go"))
     device: str = field(default="auto", **_help("auto | cpu | cuda | mps"))
+    devices: str = field(default="1", **_help("how many devices a run trains on: 1 | a number | auto (every visible GPU); above 1, one process each, started from the notebook (data-parallel)"))
     image_size: int = field(default=FROM_BUDGET, **_help("training crop size in pixels (from the budget)"))
     epochs: int = field(default=FROM_BUDGET, **_help("epochs per run (from the budget)"))
     batch_size: int = field(default=FROM_BUDGET, **_help("images per batch (from the budget)"))
@@ -119,6 +120,9 @@ class Config:
                              "there is nothing to unfreeze. Choose trainable='layer4', 'layer3' or 'all'.")
         if not self.finetune_lr_ratio > 0:
             raise ValueError(f"TL_FINETUNE_LR_RATIO={self.finetune_lr_ratio!r} must be above 0: {CONFIG_HELP['finetune_lr_ratio']}")
+        self.devices = str(self.devices).strip().lower()
+        if self.devices != "auto" and not (self.devices.isdigit() and int(self.devices) >= 1):
+            raise ValueError(f"TL_DEVICES={self.devices!r} is not 1, a number or auto: {CONFIG_HELP['devices']}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TL_PRECISION={self.precision!r} is not one of {', '.join(PRECISIONS)}: {CONFIG_HELP['precision']}")
         for f in fields(self):

@@ -251,17 +251,47 @@ class EpochShuffleSampler(Sampler[int]):
         yield from (i + epoch * self.size for i in order.tolist())
 
 
+class RankShard(Sampler[int]):
+    """One process's share of every training batch: the seeded epoch order cut into global batches of
+    ``batch_size`` (full ones only, as one process drops its last partial batch), and from each global batch
+    the ``rank``-th of ``world`` equal slices. The batch order stays a function of (seed, epoch, index), and
+    the processes together see exactly the batches one process would."""
+
+    def __init__(self, sampler: EpochShuffleSampler, batch_size: int, rank: int, world: int):
+        if batch_size % world:
+            raise ValueError(f"batch_size={batch_size} does not split into {world} equal shares: use a multiple of "
+                             f"{world} (each process takes batch_size / {world} images of every batch).")
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size * (self.batch_size // self.world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        order, share = list(self.sampler), self.batch_size // self.world
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            yield from order[start + self.rank * share: start + (self.rank + 1) * share]
+
+
 def make_loaders(datasets: dict[str, Dataset], batch_size: int, num_workers: int, seed: int,
-                 pin_memory: bool = False) -> dict[str, DataLoader]:
+                 pin_memory: bool = False, rank: int = 0, world: int = 1) -> dict[str, DataLoader]:
     """Loaders whose batch order and augmentation depend on ``seed`` and the epoch alone.
 
     Training batches come from an :class:`EpochShuffleSampler`; every loader also gets
-    its own seeded generator, so creating an iterator never touches the global RNG."""
+    its own seeded generator, so creating an iterator never touches the global RNG. With ``world``
+    processes, the training loader of process ``rank`` yields its share of every batch (:class:`RankShard`);
+    validation and test loaders stay whole in every process (each evaluates everything: exact, and cheap
+    next to training)."""
     out = {}
     for split, ds in datasets.items():
         is_train = split == "train"
+        sampler = EpochShuffleSampler(len(ds), seed) if is_train else None
+        size = batch_size
+        if is_train and world > 1:
+            sampler, size = RankShard(sampler, batch_size, rank, world), batch_size // world
         out[split] = DataLoader(
-            ds, batch_size=batch_size, sampler=EpochShuffleSampler(len(ds), seed) if is_train else None,
-            drop_last=is_train and len(ds) > batch_size, num_workers=num_workers,
+            ds, batch_size=size, sampler=sampler, drop_last=is_train and len(ds) > batch_size, num_workers=num_workers,
             persistent_workers=num_workers > 0, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     return out

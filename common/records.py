@@ -76,6 +76,7 @@ class RunMeta:
     clip_grad_norm: float = 0.0  # 0: no clipping
     stages: list[dict] = field(default_factory=list)  # common.training.Stage as dicts: epochs, what trained, head lr
     steps_per_epoch: int = 0  # optimizer steps (batches) per training epoch: what a per-batch schedule counts
+    world_size: int = 1  # processes that trained the run together (data-parallel), each on its share of every batch
     schema: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)  # anything an engine or a later lesson adds
 

@@ -107,3 +107,54 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def resolve_devices(devices: str | int) -> int:
+    """How many processes a run trains on: ``devices`` is 1, a number, or ``auto`` (every visible GPU; 1 without
+    one). Several processes are started by fork from the notebook, which only works on Linux, and only while
+    nothing in this kernel has touched CUDA yet: elsewhere the answer is 1, with a banner saying what to do.
+    On the CPU a number above 1 runs that many gloo processes (to learn and test the mechanics)."""
+    if str(devices) != "auto" and int(devices) <= 1:
+        return 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = (gpus or 1) if str(devices) == "auto" else int(devices)
+    if wanted <= 1:
+        return 1
+    if gpus and wanted > gpus:
+        raise ValueError(f"devices={devices!r} asks for {wanted} processes, but this machine shows {gpus} GPU(s): "
+                         f"use devices='auto' (all {gpus}) or a number up to {gpus}.")
+    if platform.system() != "Linux" or "fork" not in torch.multiprocessing.get_all_start_methods():
+        loud(f"FALLBACK: devices={devices!r}, but several processes are started by fork from the notebook, which "
+             f"{platform.system()} notebooks do not offer safely. Training on ONE device. To use several, run the "
+             "training as a script under torchrun on Linux (README, 'Several devices').")
+        return 1
+    if gpus and torch.cuda.is_initialized():
+        loud(f"FALLBACK: devices={devices!r}, but CUDA is already initialised in this kernel (something ran on the "
+             "GPU before), and processes cannot be forked from it. Training on ONE device. To use all GPUs: "
+             "restart the kernel and set devices in the first configuration cell, before anything runs on the GPU.")
+        return 1
+    return wanted
+
+
+def as_child_process() -> None:
+    """First thing in a process forked from a notebook: one CPU thread (the notebook's OpenMP threads did not
+    survive the fork, and a forked process that used them would hang), and, on Linux, end when the notebook's
+    kernel dies (a disconnected Colab kernel must not leave orphans that keep writing the run's files)."""
+    torch.set_num_threads(1)
+    if platform.system() == "Linux":
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, where the processes of one run meet (127.0.0.1 only)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_backend() -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if torch.cuda.is_available() else "gloo"

@@ -20,7 +20,8 @@ from .datasets import DataBundle, cache_decoded_images, make_loaders
 from .evaluation import accuracy, predict, topk_accuracy
 from .model import WeightsInfo, build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
 from .records import RunMeta, RunRecord, predictions_frame
-from .runtime import library_versions, pick_device, resolve_channels_last, resolve_precision, seed_everything
+from .runtime import (library_versions, pick_device, resolve_channels_last, resolve_devices, resolve_precision,
+                      seed_everything)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,24 @@ class TrainingRun:
     scaler: torch.amp.GradScaler | None = None  # fp16 only: keeps small gradients from underflowing
     stages: tuple[Stage, ...] = ()  # plan_stages: one, or two for two-stage fine-tuning
     stage: Stage | None = None  # the stage the model, optimizer and schedule are in now
+    rank: int = 0  # this process's number among ``world`` (data-parallel training); 0 with one process
+    world: int = 1  # how many processes train the run together
+    net: torch.nn.Module | None = None  # what the training step calls: the model, or DistributedDataParallel around it
+
+    def __post_init__(self) -> None:
+        self.net = self.net or self.model
+
+    @property
+    def is_main(self) -> bool:
+        """The process that prints, writes checkpoints, resume points and the run record (rank 0)."""
+        return self.rank == 0
+
+    def all_reduce(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each value summed over the processes (as it is, with one process): epoch metrics from every share."""
+        if self.world > 1:
+            for value in values:
+                torch.distributed.all_reduce(value)
+        return values
 
     def stage_for(self, epoch: int) -> Stage:
         """The stage that ``epoch`` (counted from 1) belongs to: after a resume point saved at the end of epoch
@@ -193,32 +212,57 @@ def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: st
     return new
 
 
-def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str | None = None) -> TrainingRun:
+def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str | None = None,
+              rank: int | None = None, world: int = 1) -> TrainingRun:
     """Seed, build the model, optimizer, schedule and fresh loaders (all in the run's first stage), and open the
-    run's record: ``runs/<dataset>/<engine>-<name>/``, ``name`` defaulting to ``init``."""
+    run's record: ``runs/<dataset>/<engine>-<name>/``, ``name`` defaulting to ``init``.
+
+    Data-parallel: process ``rank`` of ``world`` (inside a process group) gets its own device (GPU ``rank``, or
+    the CPU), its share of every training batch, and its model wrapped in ``DistributedDataParallel``
+    (``run.net``), whose backward averages the gradients of all processes; on GPUs the trained blocks'
+    BatchNorm is synchronised across them. Without ``rank``, a notebook that will start several processes
+    keeps its own copy on the CPU: a kernel that touched CUDA can no longer fork."""
     seed_everything(cfg.seed)
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank or 0)
+        torch.cuda.set_device(device)
+    elif rank is None and device.type == "cuda" and resolve_devices(cfg.devices) > 1:
+        device = torch.device("cpu")  # the notebook's own process stays off the GPU so that it can fork
     stages = plan_stages(cfg, init)
+    if world > 1 and len(stages) > 1:
+        raise ValueError("Two-stage fine-tuning (head_epochs > 0) on several devices is not supported yet: "
+                         "DistributedDataParallel keeps the parameters that trained when it was built, and the second "
+                         "stage's would not be averaged. Use devices=1 for two-stage runs.")
     first = stages[0]
     model, weights = build_model(len(data.class_names), "scratch" if first.trainable == "scratch" else "transfer",
                                  cfg.weights, cfg.dropout, cfg.data_dir / "weights", trainable=first.trainable)
+    if world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # frozen ones stay in eval mode: never synced
     model.to(device)
     if resolve_channels_last(cfg.channels_last, device):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
     precision = resolve_precision(cfg.precision, device)
     optimizer = make_optimizer(model, cfg, lr=first.lr)
     cache_decoded_images(cfg, data)
-    loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda")
+    loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda",
+                           rank=rank or 0, world=world)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders["train"]), epochs=first.epochs)
     record = RunRecord.at(cfg.runs_dir, data.source.name, engine, name or init)
-    record.start_fresh()
+    if not rank:
+        record.start_fresh()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return TrainingRun(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, record,
                     started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), precision=precision,
-                    scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stages=stages, stage=first)
+                    scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stages=stages, stage=first,
+                    rank=rank or 0, world=world, net=net)
 
 
 def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: dict | None = None) -> RunMeta:
@@ -227,6 +271,7 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: d
     cfg, data, model, record = run.cfg, run.data, run.model, run.record
     record.save_last(model.state_dict())
     model.load_state_dict(best_state)
+    model.to(run.device)  # Lightning hands the model back on the CPU after fit
     record.save_best(model.state_dict())
     with run.autocast():
         probs, targets = predict(model, run.loaders["test"], run.device)
@@ -248,6 +293,6 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: d
         test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
         trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr), schedule=cfg.schedule,
         clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
-        steps_per_epoch=len(run.loaders["train"]), extra=dict(extra or {}))
+        steps_per_epoch=len(run.loaders["train"]), world_size=run.world, extra=dict(extra or {}))
     record.write_meta(meta)
     return meta

@@ -1,0 +1,116 @@
+"""Several devices: each engine trains with 2 processes (gloo on the CPU), each with half of every batch, and
+computes what 1 process computes with the whole batch; a killed 2-process run resumes; where several processes
+cannot work, one device is used, loudly."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
+from test_resume import notebook_as_script
+
+from common import runtime
+from common.compare import assert_engines_agree
+from common.config import load_config
+from common.datasets import EpochShuffleSampler, RankShard, prepare_data
+from common.records import INITS, RunRecord
+from common.training import start_run
+
+COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+# Only the head trains (no BatchNorm in training mode: on the CPU torch cannot synchronise it across processes)
+# and no dropout (each process would draw its own masks): then 2 processes must compute what 1 computes.
+EXACT = dict(TL_TRAINABLE="head", TL_DROPOUT="0")
+
+
+@pytest.fixture(scope="session")
+def one_process(tiny_base):
+    runs = tiny_base / "parallel-1"
+    run_notebook(ENGINE_NOTEBOOKS["plain"], dict(tiny_env(tiny_base, runs), **EXACT))
+    return {init: RunRecord.at(runs, "demo", "plain", init).check_complete() for init in INITS}
+
+
+@pytest.fixture(scope="session")
+def two_processes(tiny_base):
+    runs = tiny_base / "parallel-2"
+    for name in ENGINE_NOTEBOOKS.values():
+        run_notebook(name, dict(tiny_env(tiny_base, runs), **EXACT, TL_DEVICES="2"))
+    return {(e, i): RunRecord.at(runs, "demo", e, i).check_complete() for e in ENGINE_NOTEBOOKS for i in INITS}
+
+
+@pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
+def test_two_processes_with_half_batches_compute_what_one_process_computes(engine, one_process, two_processes):
+    two, one = two_processes[(engine, "transfer")], one_process["transfer"]
+    assert (two.meta.world_size, one.meta.world_size) == (2, 1)
+    np.testing.assert_allclose(two.history[COMPARED].to_numpy(), one.history[COMPARED].to_numpy(), rtol=1e-5)
+    # rank 0 evaluated the same best weights on test (to float rounding: one thread per process here, two in one)
+    assert two.predictions["pred"].equals(one.predictions["pred"])
+    np.testing.assert_allclose(two.predictions["top1_prob"], one.predictions["top1_prob"], atol=1e-5)
+
+
+def test_the_engines_agree_with_two_processes_and_batchnorm_shows_it_ran_split(one_process, two_processes):
+    assert_engines_agree({k: r.history for k, r in two_processes.items()})
+    # Scratch trains BatchNorm, which normalises each process's half-batch on its own (unsynchronised on the
+    # CPU): its numbers must differ from one process's. Were the two processes one in disguise, they would not.
+    split, whole = two_processes[("plain", "scratch")].history, one_process["scratch"].history
+    assert not np.allclose(split["train_loss"], whole["train_loss"], rtol=1e-5)
+
+
+def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(two_processes, tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    env = dict(tiny_env(tiny_base, runs), **EXACT, TL_DEVICES="2")
+    script = tmp_path / "plain_as_script.py"
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]))
+    marker = RunRecord.at(runs, "demo", "plain", "transfer").resume
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no resume point appeared"
+        time.sleep(0.01)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2, "the run did not start two processes"
+    proc.kill()  # SIGKILL to the notebook's process only: its training processes must end with it
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"orphaned training processes: {alive}"
+    assert not RunRecord.at(runs, "demo", "plain", "transfer").history_file.exists(), "killed too late"
+
+    done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming" in done.stdout
+    for init in INITS:
+        resumed, reference = RunRecord.at(runs, "demo", "plain", init).history, two_processes[("plain", init)].history
+        np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
+
+
+def test_the_shares_of_every_batch_are_the_batches_of_one_process():
+    whole = [list(range(i, i + 8)) for i in range(0, 16, 8)]
+    order = [i for batch in torch.utils.data.BatchSampler(EpochShuffleSampler(21, 3), 8, True) for i in batch]
+    shards = [list(RankShard(EpochShuffleSampler(21, 3), 8, rank, 2)) for rank in range(2)]
+    assert [shards[0][i:i + 4] + shards[1][i:i + 4] for i in (0, 4)] == [order[b[0]:b[-1] + 1] for b in whole]
+    with pytest.raises(ValueError, match="multiple of 3"):
+        RankShard(EpochShuffleSampler(21, 3), 8, 0, 3)
+
+
+def test_devices_resolve_to_one_loudly_where_several_processes_cannot_work(monkeypatch, capsys):
+    assert runtime.resolve_devices("1") == 1 and runtime.resolve_devices("auto") == 1  # no GPU here
+    assert runtime.resolve_devices("2") == 2  # gloo processes on the CPU
+    monkeypatch.setattr(runtime.platform, "system", lambda: "Windows")
+    assert runtime.resolve_devices("2") == 1
+    assert "FALLBACK" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="devices"):
+        load_config(devices="two")
+
+
+def test_two_stage_on_several_devices_is_refused_with_a_reason(tiny_base, tmp_path):
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                      epochs=2, head_epochs=1, data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
+    with pytest.raises(ValueError, match="Two-stage .* several devices"):
+        start_run(cfg, prepare_data(cfg), "plain", "transfer", rank=0, world=2)
