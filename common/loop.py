@@ -1,6 +1,6 @@
 """The plain training loop of notebook 01 as a tested function, for lessons that train without teaching the loop.
 
-Notebook 01 writes this loop out cell by cell; ``tests/test_lessons.py`` checks that this copy computes
+Notebook 01 writes this loop out cell by cell (and starts the processes that run it on several devices); ``tests/test_lessons.py`` checks that this copy computes
 the same history as the notebook's, epoch by epoch. Notebook 05 trains its spectrum of modes with it.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from .training import SCHEDULE_INTERVAL, TrainingRun, enter_stage, epoch_line, f
 
 def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[float, float]:
     """One pass over the training loader: mean loss and accuracy (metrics stay on the device until the end)."""
-    model, optimizer, device = run.model, run.optimizer, run.device
+    model, optimizer, device = run.net, run.optimizer, run.device
     per_batch = SCHEDULE_INTERVAL[run.cfg.schedule] == "step"
     model.train()
-    total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    total_loss, correct, seen = (torch.zeros((), device=device) for _ in range(3))
     bar = tqdm(total=len(run.loaders["train"]), desc=desc, leave=False, mininterval=5, disable=not run.cfg.progress)
     for images, labels in run.loaders["train"]:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -43,6 +43,7 @@ def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[f
         seen += len(labels)
         bar.update()
     bar.close()
+    total_loss, correct, seen = run.all_reduce(total_loss, correct, seen)
     return (total_loss / seen).item(), (correct / seen).item()
 
 
@@ -67,7 +68,8 @@ def fit(run: TrainingRun) -> list[dict]:
     progress = resume_or_start(run)
     for epoch in range(progress.epoch + 1, run.cfg.epochs + 1):
         if progress.finished(run.cfg):
-            print(f"early stopping: no better validation accuracy for {progress.epochs_since_best()} epochs")
+            if run.is_main:
+                print(f"early stopping: no better validation accuracy for {progress.epochs_since_best()} epochs")
             break
         enter_stage(run, run.stage_for(epoch))
         run.loaders["train"].sampler.set_epoch(epoch - 1)
@@ -78,10 +80,12 @@ def fit(run: TrainingRun) -> list[dict]:
             run.scheduler.step()
         row = dict(epoch=epoch, stage=run.stage.number, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                    val_acc=val_acc, lr=lr, epoch_seconds=time.perf_counter() - start)
-        print(epoch_line(run.record.init, row))
-        if progress.record(row):
-            run.record.save_best(run.model.state_dict())
-        save_resume_point(run, progress)
+        improved = progress.record(row)
+        if run.is_main:
+            print(epoch_line(run.record.init, row))
+            if improved:
+                run.record.save_best(run.model.state_dict())
+            save_resume_point(run, progress)
     return progress.history
 
 

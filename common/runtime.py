@@ -158,3 +158,17 @@ def free_port() -> int:
 def distributed_backend() -> str:
     """NCCL between GPUs, gloo between CPU processes."""
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def describe_devices(devices: str | int) -> str:
+    """One line on how many processes a run will train on here, and how to use more where there are more."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    world = resolve_devices(devices)
+    if world > 1:
+        return f"Training on {world} {'GPUs' if gpus else 'CPU processes (gloo)'}, one process each (devices={devices!r})."
+    if gpus > 1:
+        return (f"Training on one of this machine's {gpus} GPUs (devices={devices!r}); load_config(devices='auto') "
+                "trains on all of them (set it in the first configuration cell, before anything runs on a GPU).")
+    where = "one GPU" if gpus else "no GPU"
+    return (f"Training in one process: this machine has {where}, so there is nothing to spread over "
+            "(devices=2 would start two CPU processes, to see how it works: see the things to try).")

@@ -79,8 +79,8 @@ def test_one_concept_table_everywhere():
     readme = _concept_table((ROOT / "README.md").read_text())
     rows = [line.split("|")[1].strip() for line in readme.splitlines()[2:]]
     assert rows == ["data", "device", "precision and scaler", "step", "evaluation", "metrics", "schedule",
-                    "gradient clipping", "two stages", "checkpointing", "early stopping", "resume", "progress bar",
-                    "logging", "timing"]
+                    "gradient clipping", "two stages", "several devices", "checkpointing", "early stopping", "resume",
+                    "progress bar", "logging", "timing"]
     for name in ("01_plain_pytorch.ipynb", "02_ignite.ipynb", "03_lightning.ipynb"):
         cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
         text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown") + "\n\n"

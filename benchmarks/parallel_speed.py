@@ -1,0 +1,88 @@
+"""Does a second device pay? Throughput with 1 and with N processes, and the scaling efficiency, in one run.
+
+Runs the engine notebooks (the code learners read, each in a fresh kernel) on the same synthetic dataset
+shaped like the vegetable one, first with ``TL_DEVICES=1``, then with ``TL_DEVICES=N`` (one process per GPU;
+on a machine without one, N gloo processes on the CPU, one thread each), and prints per engine and
+initialisation the median epoch seconds after the first (warm-up) epoch, images per second, the speed-up
+and the scaling efficiency (speed-up / N; 1.0 would be perfect).
+
+    .venv/bin/python benchmarks/parallel_speed.py                     # CPU: 2 gloo processes, 112 px
+    .venv/bin/python benchmarks/parallel_speed.py --images-per-class 200 --image-size 224 --batch-size 64  # GPUs
+
+On the CPU the comparison is of one process using every core against N processes sharing them: it shows
+the cost of the communication and of the extra processes, not what GPUs would gain.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def parse_args() -> argparse.Namespace:
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processes", type=int, default=max(2, gpus), help="N: processes of the parallel runs")
+    p.add_argument("--images-per-class", type=int, default=200 if gpus else 12)
+    p.add_argument("--image-size", type=int, default=224 if gpus else 112)
+    p.add_argument("--batch-size", type=int, default=64 if gpus else 16, help="global batch: a multiple of N")
+    p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
+    p.add_argument("--engines", default="plain,ignite,lightning")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    import pandas as pd
+    import torch
+    from speed import ENGINES, run_engines, steady, synthetic_dataset
+
+    from common.records import RunRecord
+
+    work = Path(tempfile.mkdtemp(prefix="tl-parallel-"))
+    root = synthetic_dataset(work, args.images_per_class)
+    settings = dict(TL_DATASET=str(root), TL_WEIGHTS="random", TL_IMAGE_SIZE=str(args.image_size),
+                    TL_BATCH_SIZE=str(args.batch_size), TL_EPOCHS=str(args.epochs), TL_BUDGET="full",
+                    TL_TRAIN_PER_CLASS="none", TL_EVAL_PER_CLASS="none", TL_RESUME="0", TL_PROGRESS="0",
+                    TL_CACHE_IMAGES="1", TL_DATA_DIR=str(work / "data"))
+    env = dict(os.environ, **settings, MPLBACKEND="Agg")
+    engines = args.engines.split(",")
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        raise SystemExit(f"--engines: unknown {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+    worlds = (1, args.processes)
+    for world in worlds:
+        print(f"{world} process(es):", flush=True)
+        run_engines(engines, dict(env, TL_DEVICES=str(world), TL_RUNS_DIR=str(work / f"runs-{world}")))
+    rows = []
+    for engine in engines:
+        for init in ("transfer", "scratch"):
+            for world in worlds:
+                record = RunRecord.at(work / f"runs-{world}", root.name, engine, init)
+                images = record.meta.steps_per_epoch * args.batch_size  # global batches, split over the processes
+                rows.append(dict(engine=engine, init=init, processes=record.meta.world_size,
+                                 epoch_s=steady(record.history["epoch_seconds"]), images=images))
+    table = pd.DataFrame(rows)
+    table["images_per_s"] = table["images"] / table["epoch_s"]
+    one = table[table.processes == 1].set_index(["engine", "init"])["epoch_s"]
+    table["speed_up"] = [one[(e, i)] / s for e, i, s in zip(table.engine, table.init, table.epoch_s)]
+    table["efficiency"] = table["speed_up"] / table["processes"]
+    where = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+             else f"CPU ({os.cpu_count()} cores; N processes of one thread against one of {torch.get_num_threads()})")
+    print(f"\nmachine: {platform.machine()}, {where}, torch {torch.__version__}; {args.image_size} px, global batch "
+          f"{args.batch_size}, epoch = training + validation (validation runs whole in every process)")
+    print(table.round(3).to_string(index=False))
+    print(f"\nmedian efficiency over engines and inits: {statistics.median(table[table.processes > 1]['efficiency']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
