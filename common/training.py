@@ -212,6 +212,25 @@ def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: st
     return new
 
 
+def run_device(cfg: Config, rank: int | None, world: int) -> torch.device:
+    """Where a run's model lives: GPU ``rank`` for one of several processes; the CPU for a notebook that is about
+    to fork several (a kernel that touched CUDA can no longer fork); else ``cfg.device``."""
+    device = pick_device(cfg.device)
+    if device.type != "cuda":
+        return device
+    if world > 1:
+        torch.cuda.set_device(rank or 0)
+        return torch.device("cuda", rank or 0)
+    return torch.device("cpu") if rank is None and resolve_devices(cfg.devices) > 1 else device
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` (inside a process group): its backward averages the gradients of
+    every process, so every copy takes the same step."""
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str | None = None,
               rank: int | None = None, world: int = 1) -> TrainingRun:
     """Seed, build the model, optimizer, schedule and fresh loaders (all in the run's first stage), and open the
@@ -226,12 +245,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    device = pick_device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", rank or 0)
-        torch.cuda.set_device(device)
-    elif rank is None and device.type == "cuda" and resolve_devices(cfg.devices) > 1:
-        device = torch.device("cpu")  # the notebook's own process stays off the GPU so that it can fork
+    device = run_device(cfg, rank, world)
     stages = plan_stages(cfg, init)
     if world > 1 and len(stages) > 1:
         raise ValueError("Two-stage fine-tuning (head_epochs > 0) on several devices is not supported yet: "
@@ -254,10 +268,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     record = RunRecord.at(cfg.runs_dir, data.source.name, engine, name or init)
     if not rank:
         record.start_fresh()
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = data_parallel(model, device) if world > 1 else model
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return TrainingRun(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, record,
                     started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), precision=precision,
@@ -291,8 +302,8 @@ def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: d
         best_epoch=int(hist.loc[hist["val_acc"].idxmax(), "epoch"]) if len(hist) else None,
         best_val_acc=float(hist["val_acc"].max()) if len(hist) else None,
         test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
-        trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr), schedule=cfg.schedule,
-        clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
+        trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr),
+        schedule=cfg.schedule, clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
         steps_per_epoch=len(run.loaders["train"]), world_size=run.world, extra=dict(extra or {}))
     record.write_meta(meta)
     return meta

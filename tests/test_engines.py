@@ -37,8 +37,9 @@ def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, 
     for init in INITS:  # the plain loop's records as they are
         shutil.copytree(RunRecord.at(tiny_base / "runs", "demo", "plain", init).folder, RunRecord.at(runs, "demo", "plain", init).folder)
     nb = nbformat.read(NOTEBOOKS / ENGINE_NOTEBOOKS["ignite"], as_version=4)
-    line = 'run = start_run(cfg, data, engine="ignite", init=init)'
-    cell = next(c for c in nb.cells if line in c.source)
+    start = 'run = start_run(cfg, data, engine="ignite", init=init'
+    cell = next(c for c in nb.cells if start in c.source)
+    line = next(line for line in cell.source.splitlines() if start in line)
     cell.source = cell.source.replace(line, line + '\n    run.optimizer.param_groups[0]["lr"] *= 1.2  # the drift to detect')
     run_notebook(nb, tiny_env(tiny_base, runs))
     drifted = {(e, i): RunRecord.at(runs, "demo", e, i).history for e in ("plain", "ignite") for i in INITS}
