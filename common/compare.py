@@ -156,14 +156,19 @@ def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
     return lines
 
 
-def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
-    """Sentences, generated from the records, saying what these runs can and cannot show."""
-    metas = [record.meta for record in records.values()]
+def data_caveats(metas) -> list[str]:
+    """The first sentences on any set of runs: chance level, and whether the data was the offline demo."""
     n = len(metas[0].class_names)
     lines = [f"Chance level is {1 / n:.2f} ({n} classes, about equally many test images each)."]
     if any(m.is_demo_data for m in metas):
         lines.append("These runs used the offline demo data (drawn toy vegetables), not the real photographs: "
                      "their accuracies say nothing about the real dataset.")
+    return lines
+
+
+def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
+    """Sentences, generated from the records, saying what these runs can and cannot show."""
+    lines = data_caveats([record.meta for record in records.values()])
     random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
         modes = sorted({r.meta.mode for r in records.values() if r.meta.random_transfer})
@@ -211,11 +216,7 @@ def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
 def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[str]:
     """Sentences, generated from the records, on what the spectrum of runs shows and what it cannot."""
     metas = [record.meta for record in records.values()]
-    n = len(metas[0].class_names)
-    lines = [f"Chance level is {1 / n:.2f} ({n} classes)."]
-    if any(m.is_demo_data for m in metas):
-        lines.append("These runs used the offline demo data (drawn toy vegetables): their accuracies say nothing "
-                     "about the real photographs.")
+    lines = data_caveats(metas)
     if any(m.random_transfer for m in metas):
         lines.append("Every mode but scratch started from RANDOM weights (no ImageNet weights were used): a frozen "
                      "random block computes features that mean nothing, so here the more a mode trains, the more it "
