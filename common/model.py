@@ -56,12 +56,14 @@ def _how_to_supply() -> str:
 
 def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
     """ResNet50 with ImageNet weights: from torch's hub cache if the file is already there, else from
-    ``weights_dir`` (downloading into it), so the suite writes nothing outside the project's folders."""
+    ``weights_dir`` (downloading into it), so the suite writes nothing outside the project's folders. The
+    weights are fetched before any network is built: a download that fails has then drawn no random numbers,
+    and the random fallback is the same network on the first call as on every later one."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
-    if weights_dir is None or cached.is_file():
-        return resnet50(weights=IMAGENET_WEIGHTS)
+    model_dir = None if weights_dir is None or cached.is_file() else str(weights_dir)
+    state = IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=model_dir)
     model = resnet50(weights=None)
-    model.load_state_dict(IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=str(weights_dir)))
+    model.load_state_dict(state)
     return model
 
 

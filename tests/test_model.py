@@ -123,3 +123,22 @@ def test_a_fallback_banner_shows_once_per_kernel(capsys):
     loud("FALLBACK: something else")
     out = capsys.readouterr().out
     assert out.count("FALLBACK: something\n") == 1 and out.count("FALLBACK: something else") == 1
+
+
+def test_the_random_fallback_is_the_same_network_on_the_first_call_and_later(monkeypatch, tmp_path):
+    """Offline, weights="auto" falls back to random weights. The first call in a kernel tries the download, the
+    later ones don't: both must draw the same network after the same seed, or the engines stop agreeing."""
+    from common import model as M
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    M._UNAVAILABLE.clear()
+    torch.manual_seed(0)
+    first, info = M.build_model(3, "transfer", "auto", weights_dir=tmp_path / "weights")
+    torch.manual_seed(0)
+    later, _ = M.build_model(3, "transfer", "auto", weights_dir=tmp_path / "weights")
+    assert info.fallback and "imagenet" in M._UNAVAILABLE
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), later.state_dict().values()))
