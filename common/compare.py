@@ -208,9 +208,14 @@ def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
         last = history[history["stage"] == history["stage"].max()] if "stage" in history else history
         rows.append(dict(run=name, trains=trains(meta), trainable_parameters=int(meta.parameters["trainable"]),
                          median_epoch_seconds=float(last["epoch_seconds"].median()),
-                         one_off_seconds=float(meta.extra.get("feature_extraction_seconds", 0.0)),
+                         one_off_seconds=meta.extra.get("feature_extraction_seconds", np.nan),
                          best_val_acc=meta.best_val_acc, test_acc=meta.test_acc))
     return pd.DataFrame(rows).set_index("run")
+
+
+def _times(ratio: float) -> str:
+    """A ratio as people write it: 1.3x, 12x, 1320x."""
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
 def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[str]:
@@ -219,17 +224,29 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     lines = data_caveats(metas)
     if any(m.random_transfer for m in metas):
         lines.append("Every mode but scratch started from RANDOM weights (no ImageNet weights were used): a frozen "
-                     "random block computes features that mean nothing, so here the more a mode trains, the more it "
-                     "behaves like scratch. Which mode learns best is NOT shown by this run; what each costs "
-                     "(parameters, memory, seconds per epoch) is, because cost does not depend on the weights.")
+                     "random block computes features that mean nothing, so which mode learns best is NOT shown by "
+                     "this run; what each costs (parameters, memory, seconds per epoch) is, because cost does not "
+                     "depend on the weights.")
     if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records):
         same = np.allclose(records["all"].history["train_loss"], records["scratch"].history["train_loss"])
         if same:
             lines.append("'all' and 'scratch' computed the same numbers: with random weights, fine-tuning everything "
-                         "IS training from scratch (same seed, same initial weights). With ImageNet weights they differ.")
+                         "IS training from scratch (same seed, same initial weights), so any difference in their "
+                         "seconds is this machine's noise. With ImageNet weights they differ.")
+    chance_loss = np.log(len(metas[0].class_names))
+    huge = [name for name, r in records.items() if r.meta.random_transfer and r.history["train_loss"].max() > 3 * chance_loss]
+    if huge:
+        lines.append(f"{', '.join(huge)}: training losses far above chance level's {chance_loss:.2f} (ln of the number of "
+                     "classes): frozen random blocks, whose BatchNorm layers hold default statistics, pass on features "
+                     "of a very large scale, so the new head's first outputs are huge. Pretrained blocks do not do this.")
+    for name, record in records.items():
+        meta = record.meta
+        if len(meta.stages) > 1 and meta.best_epoch is not None and meta.best_epoch < meta.stages[1]["first_epoch"]:
+            lines.append(f"{name}: its best validation accuracy came in epoch {meta.best_epoch}, before it unfroze: the "
+                         "weights kept, and tested, are its first stage's (the head alone).")
     if "scratch" in table.index:
         base = table.loc["scratch", "median_epoch_seconds"]
-        costs = ", ".join(f"{run} {secs:.2g} s ({base / secs:.1f}x)" for run, secs in table["median_epoch_seconds"].items()
+        costs = ", ".join(f"{run} {secs:.2g} s ({_times(base / secs)})" for run, secs in table["median_epoch_seconds"].items()
                           if run != "scratch")
         lines.append(f"Median seconds per epoch, and how many times faster than scratch's {base:.2g} s: {costs}.")
         if base < 2:

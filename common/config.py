@@ -152,7 +152,7 @@ class Config:
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "onecycle")
-MAIN_SETTINGS = ("budget", "dataset", "weights", "epochs", "image_size", "batch_size", "lr", "seed", "devices")
+MAIN_SETTINGS = ("budget", "dataset", "weights", "epochs", "image_size", "batch_size", "lr", "trainable", "seed", "devices")
 CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
 _SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 

@@ -143,8 +143,12 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     same = len({tuple(h["lr"].round(12)) for h in histories.values()}) == 1 and len(histories) > 1
-    ax_lr.set(title="Learning rate at each epoch's start" + (" (one schedule: lines overlap)" if same else ""),
-              xlabel="epoch", ylabel="learning rate (head)")
+    ax_lr.set(title="Learning rate, epoch start" + (" (lines overlap)" if same else ""), xlabel="epoch",
+              ylabel="learning rate (head)")
+    losses = pd.concat([h[["train_loss", "val_loss"]] for h in histories.values()]).to_numpy()
+    if losses.size and np.nanmin(losses) > 0 and np.nanmax(losses) > 10 * np.nanmin(losses):
+        ax_loss.set_yscale("log")  # losses far apart (a random frozen trunk's first epochs): keep the small ones readable
+        ax_loss.set_ylabel("cross-entropy (log scale)")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -156,7 +160,10 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
         handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
     if boundaries:
         handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen), run's colour"))
-    ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    if len(histories) > 4:  # many runs: the legend beside the figure, not over the curves
+        ax_lr.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax_acc.legend(handles=handles, fontsize=7, loc="best")
     return finish_figure(fig, "Learning curves", caption)
 
 
