@@ -172,7 +172,7 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
         modes = sorted({r.meta.mode for r in records.values() if r.meta.random_transfer})
-        adapts = " / ".join(", ".join(trainable_blocks(mode)) for mode in modes)
+        adapts = " / ".join(_listed(trainable_blocks(mode)) for mode in modes)
         lines.append("The 'transfer' runs started from RANDOM weights (no ImageNet weights were used), so they "
                      "transferred nothing: their frozen blocks compute random features that training never improves, "
                      f"and only {adapts} can adapt. This run cannot show what transfer learning gains.")
@@ -213,6 +213,12 @@ def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+def _listed(items) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _times(ratio: float) -> str:
     """A ratio as people write it: 1.3x, 12x, 1320x."""
     return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
@@ -238,7 +244,8 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     if huge:
         lines.append(f"{', '.join(huge)}: training losses far above chance level's {chance_loss:.2f} (ln of the number of "
                      "classes): frozen random blocks, whose BatchNorm layers hold default statistics, pass on features "
-                     "of a very large scale, so the new head's first outputs are huge. Pretrained blocks do not do this.")
+                     "of a very large scale, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
+                     "statistics learned on ImageNet, which keep their features at an ordinary scale).")
     for name, record in records.items():
         meta = record.meta
         if len(meta.stages) > 1 and meta.best_epoch is not None and meta.best_epoch < meta.stages[1]["first_epoch"]:
