@@ -246,6 +246,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     device = run_device(cfg, rank, world)
+    target = pick_device(cfg.device)  # where training runs: the GPUs, even while this process keeps a CPU copy
     stages = plan_stages(cfg, init)
     if world > 1 and len(stages) > 1:
         raise ValueError("Two-stage fine-tuning (head_epochs > 0) on several devices is not supported yet: "
@@ -257,9 +258,9 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # frozen ones stay in eval mode: never synced
     model.to(device)
-    if resolve_channels_last(cfg.channels_last, device):
+    if resolve_channels_last(cfg.channels_last, target):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, target)
     optimizer = make_optimizer(model, cfg, lr=first.lr)
     cache_decoded_images(cfg, data)
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda",
