@@ -118,6 +118,9 @@ class Config:
         if self.head_epochs and self.trainable == "head":
             raise ValueError("head_epochs > 0 trains the head first, then unfreezes to `trainable`: with trainable='head' "
                              "there is nothing to unfreeze. Choose trainable='layer4', 'layer3' or 'all'.")
+        if self.head_epochs and self.early_stopping:
+            raise ValueError("early_stopping with head_epochs is not supported: the patience would count across the "
+                             "stage boundary and could end a run before, or right after, it unfreezes. Use one of them.")
         if not self.finetune_lr_ratio > 0:
             raise ValueError(f"TL_FINETUNE_LR_RATIO={self.finetune_lr_ratio!r} must be above 0: {CONFIG_HELP['finetune_lr_ratio']}")
         self.devices = str(self.devices).strip().lower()

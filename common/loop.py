@@ -51,7 +51,7 @@ def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[f
 def evaluate(run: TrainingRun, loader, criterion) -> tuple[float, float]:
     """Mean loss and accuracy over ``loader`` in eval mode, without autograd."""
     run.model.eval()
-    total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
+    total_loss, correct, seen = (torch.zeros((), device=run.device) for _ in range(3))
     for images, labels in loader:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         with run.autocast():
@@ -59,6 +59,7 @@ def evaluate(run: TrainingRun, loader, criterion) -> tuple[float, float]:
             total_loss += criterion(logits, labels) * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+    total_loss, correct, seen = run.all_reduce(total_loss, correct, seen)
     return (total_loss / seen).item(), (correct / seen).item()
 
 

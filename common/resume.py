@@ -15,13 +15,14 @@ from .io import load_state, save_state
 from .training import TrainingRun, enter_stage
 
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
-_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images")
+_NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images", "devices")
 
 
 def resume_key(run: TrainingRun) -> dict:
     """What a run computes: a resume point made under other settings is never reused."""
     config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
-    return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init)
+    # The processes that train, not the setting: devices="auto" can resolve to another number.
+    return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init, world=run.world)
 
 
 class RunProgress:
@@ -57,8 +58,10 @@ class RunProgress:
         return len(accs) - 1 - accs.index(max(accs))
 
     def state_dict(self) -> dict:
+        # This process's GPU generator only (each process draws on its own device; their sequences are alike).
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         return dict(key=self.key, history=list(self.history), best_val_acc=self.best_val_acc,
-                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                    rng=torch.get_rng_state(), cuda_rng=[torch.cuda.get_rng_state()] if cuda else [])
 
     def load_state_dict(self, state: dict) -> None:
         if state["key"] != self.key:
@@ -66,7 +69,7 @@ class RunProgress:
         self.history, self.best_val_acc = list(state["history"]), float(state["best_val_acc"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state(state["cuda_rng"][0])
 
 
 def read_resume_point(run: TrainingRun, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
@@ -121,6 +124,7 @@ def load_resume_point(run: TrainingRun, progress: RunProgress) -> bool:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     progress.load_state_dict(state["progress"])
-    print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
-          "(resume=False starts over).")
+    if run.is_main:
+        print(f"Resuming {run.engine}/{run.init} after epoch {progress.epoch} of {run.cfg.epochs} "
+              "(resume=False starts over).")
     return True

@@ -59,9 +59,11 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_precision(choice: str, device: torch.device) -> str:
+def resolve_precision(choice: str, device: torch.device, probe: bool = True) -> str:
     """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
-    because bf16 emulated on a CPU without native support is several times slower."""
+    because bf16 emulated on a CPU without native support is several times slower. ``probe=False`` decides
+    without asking the GPU (asking initialises CUDA, after which a notebook can no longer fork): fp16,
+    which every CUDA GPU runs."""
     if choice == "fp16" and device.type == "cpu":
         # Lightning runs "16-mixed" on the CPU as bf16 (with a warning); doing the same in every engine keeps
         # the three computing one thing.
@@ -71,7 +73,12 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         return choice
     if device.type != "cuda":
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if not probe:
+        return "fp16"
+    try:  # emulated bf16 (a T4, say) is slow: only native counts
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    except TypeError:  # torch before 2.4 reports native support only
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
@@ -109,20 +116,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def resolve_devices(devices: str | int) -> int:
+def resolve_devices(devices: str | int, device: str = "auto") -> int:
     """How many processes a run trains on: ``devices`` is 1, a number, or ``auto`` (every visible GPU; 1 without
     one). Several processes are started by fork from the notebook, which only works on Linux, and only while
     nothing in this kernel has touched CUDA yet: elsewhere the answer is 1, with a banner saying what to do.
-    On the CPU a number above 1 runs that many gloo processes (to learn and test the mechanics)."""
+    On the CPU (no GPU, or ``device="cpu"``) a number above 1 runs that many gloo processes (to learn and test
+    the mechanics)."""
     if str(devices) != "auto" and int(devices) <= 1:
         return 1
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = torch.cuda.device_count() if pick_device(device).type == "cuda" else 0
     wanted = (gpus or 1) if str(devices) == "auto" else int(devices)
     if wanted <= 1:
         return 1
     if gpus and wanted > gpus:
         raise ValueError(f"devices={devices!r} asks for {wanted} processes, but this machine shows {gpus} GPU(s): "
-                         f"use devices='auto' (all {gpus}) or a number up to {gpus}.")
+                         f"use devices='auto' (all {gpus}), a number up to {gpus}, or device='cpu' for CPU processes.")
     if platform.system() != "Linux" or "fork" not in torch.multiprocessing.get_all_start_methods():
         loud(f"FALLBACK: devices={devices!r}, but several processes are started by fork from the notebook, which "
              f"{platform.system()} notebooks do not offer safely. Training on ONE device. To use several, run the "
@@ -155,15 +163,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def distributed_backend() -> str:
+def distributed_backend(device: str = "auto") -> str:
     """NCCL between GPUs, gloo between CPU processes."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if pick_device(device).type == "cuda" else "gloo"
 
 
-def describe_devices(devices: str | int) -> str:
+def describe_devices(devices: str | int, device: str = "auto") -> str:
     """One line on how many processes a run will train on here, and how to use more where there are more."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    world = resolve_devices(devices)
+    gpus = torch.cuda.device_count() if pick_device(device).type == "cuda" else 0
+    world = resolve_devices(devices, device)
     if world > 1:
         return f"Training on {world} {'GPUs' if gpus else 'CPU processes (gloo)'}, one process each (devices={devices!r})."
     if gpus > 1:
@@ -171,4 +179,4 @@ def describe_devices(devices: str | int) -> str:
                 "trains on all of them (set it in the first configuration cell, before anything runs on a GPU).")
     where = "one GPU" if gpus else "no GPU"
     return (f"Training in one process: this machine has {where}, so there is nothing to spread over "
-            "(devices=2 would start two CPU processes, to see how it works: see the things to try).")
+            "(devices=2, device='cpu' would start two CPU processes, to see how it works: see the things to try).")

@@ -18,10 +18,10 @@ import torch
 from .config import Config
 from .datasets import DataBundle, cache_decoded_images, make_loaders
 from .evaluation import accuracy, predict, topk_accuracy
-from .model import WeightsInfo, build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
+from .model import (WeightsInfo, build_model, load_backbone, parameter_summary, resolve_mode, trainable_blocks,
+                    trainable_parameters)
 from .records import RunMeta, RunRecord, predictions_frame
-from .runtime import (library_versions, pick_device, resolve_channels_last, resolve_devices, resolve_precision,
-                      seed_everything)
+from .runtime import library_versions, pick_device, resolve_channels_last, resolve_precision, seed_everything
 
 
 @dataclass(frozen=True)
@@ -213,15 +213,24 @@ def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: st
 
 
 def run_device(cfg: Config, rank: int | None, world: int) -> torch.device:
-    """Where a run's model lives: GPU ``rank`` for one of several processes; the CPU for a notebook that is about
-    to fork several (a kernel that touched CUDA can no longer fork); else ``cfg.device``."""
+    """Where a run's model lives: GPU ``rank`` for one of several processes; the CPU for the notebook's own copy
+    when it is about to fork several (``rank`` None, ``world`` > 1: a kernel that touched CUDA can no longer
+    fork); else ``cfg.device``."""
     device = pick_device(cfg.device)
-    if device.type != "cuda":
+    if device.type != "cuda" or world == 1:
         return device
-    if world > 1:
-        torch.cuda.set_device(rank or 0)
-        return torch.device("cuda", rank or 0)
-    return torch.device("cpu") if rank is None and resolve_devices(cfg.devices) > 1 else device
+    if rank is None:
+        return torch.device("cpu")
+    torch.cuda.set_device(rank)
+    return torch.device("cuda", rank)
+
+
+def before_forking(cfg: Config, data: DataBundle) -> None:
+    """What a notebook does once before it forks its training processes: decode the images (the processes share
+    those pages) and fetch the pretrained weights (one download and at most one banner, not one per process)."""
+    cache_decoded_images(cfg, data)
+    if cfg.weights != "random":
+        load_backbone(cfg.weights, cfg.data_dir / "weights")
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -239,8 +248,8 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     Data-parallel: process ``rank`` of ``world`` (inside a process group) gets its own device (GPU ``rank``, or
     the CPU), its share of every training batch, and its model wrapped in ``DistributedDataParallel``
     (``run.net``), whose backward averages the gradients of all processes; on GPUs the trained blocks'
-    BatchNorm is synchronised across them. Without ``rank``, a notebook that will start several processes
-    keeps its own copy on the CPU: a kernel that touched CUDA can no longer fork."""
+    BatchNorm is synchronised across them. With ``world`` > 1 and no ``rank``, this is the notebook's own copy
+    before it forks: it stays on the CPU, and nothing here touches CUDA (a kernel that did can no longer fork)."""
     seed_everything(cfg.seed)
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
@@ -255,12 +264,13 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     first = stages[0]
     model, weights = build_model(len(data.class_names), "scratch" if first.trainable == "scratch" else "transfer",
                                  cfg.weights, cfg.dropout, cfg.data_dir / "weights", trainable=first.trainable)
-    if world > 1 and device.type == "cuda":
+    forked = rank is not None and world > 1  # one of several processes, inside their process group
+    if forked and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # frozen ones stay in eval mode: never synced
     model.to(device)
     if resolve_channels_last(cfg.channels_last, target):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
-    precision = resolve_precision(cfg.precision, target)
+    precision = resolve_precision(cfg.precision, target, probe=device.type == target.type)
     optimizer = make_optimizer(model, cfg, lr=first.lr)
     cache_decoded_images(cfg, data)
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda",
@@ -269,7 +279,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     record = RunRecord.at(cfg.runs_dir, data.source.name, engine, name or init)
     if not rank:
         record.start_fresh()
-    net = data_parallel(model, device) if world > 1 else model
+    net = data_parallel(model, device) if forked else model
     seed_everything(cfg.seed)  # dropout starts from the same RNG state whatever ran before in this kernel
     return TrainingRun(cfg, data, engine, init, model, weights, optimizer, scheduler, loaders, device, record,
                     started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), precision=precision,

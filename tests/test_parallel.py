@@ -109,6 +109,25 @@ def test_devices_resolve_to_one_loudly_where_several_processes_cannot_work(monke
         load_config(devices="two")
 
 
+def test_the_notebooks_copy_stays_off_the_gpu_and_asks_it_nothing(monkeypatch, tiny_base, tmp_path):
+    """Before forking, nothing may initialise CUDA: with a GPU and several processes, the notebook's own copy is
+    built on the CPU and its precision is chosen without asking the GPU (which would initialise CUDA)."""
+    from common import training
+    asked = []
+    monkeypatch.setattr(training, "pick_device", lambda preference="auto": torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: asked.append(1) or True)
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                      data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
+    run = start_run(cfg, prepare_data(cfg), "lightning", "transfer", world=2)
+    assert run.device.type == "cpu" and run.precision == "fp16" and not asked
+    assert next(run.model.parameters()).device.type == "cpu"
+
+
+def test_early_stopping_and_two_stages_are_refused_together():
+    with pytest.raises(ValueError, match="early_stopping with head_epochs"):
+        load_config(budget="smoke", epochs=3, head_epochs=1, early_stopping=1)
+
+
 def test_two_stage_on_several_devices_is_refused_with_a_reason(tiny_base, tmp_path):
     cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
                       epochs=2, head_epochs=1, data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
