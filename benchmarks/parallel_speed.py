@@ -31,7 +31,8 @@ def parse_args() -> argparse.Namespace:
     import torch
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--processes", type=int, default=max(2, gpus), help="N: processes of the parallel runs")
+    p.add_argument("--processes", type=int, default=gpus if gpus > 1 else 2,
+                   help="N: processes of the parallel runs (fewer than 2 GPUs: CPU processes)")
     p.add_argument("--images-per-class", type=int, default=200 if gpus else 12)
     p.add_argument("--image-size", type=int, default=224 if gpus else 112)
     p.add_argument("--batch-size", type=int, default=64 if gpus else 16, help="global batch: a multiple of N")
@@ -55,6 +56,9 @@ def main() -> None:
                     TL_TRAIN_PER_CLASS="none", TL_EVAL_PER_CLASS="none", TL_RESUME="0", TL_PROGRESS="0",
                     TL_CACHE_IMAGES="1", TL_DATA_DIR=str(work / "data"))
     env = dict(os.environ, **settings, MPLBACKEND="Agg")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < args.processes:  # not a GPU per process: every run on the CPU, so that 1 and N compare like for like
+        env["TL_DEVICE"] = "cpu"
     engines = args.engines.split(",")
     unknown = set(engines) - set(ENGINES)
     if unknown:
@@ -76,7 +80,7 @@ def main() -> None:
     one = table[table.processes == 1].set_index(["engine", "init"])["epoch_s"]
     table["speed_up"] = [one[(e, i)] / s for e, i, s in zip(table.engine, table.init, table.epoch_s)]
     table["efficiency"] = table["speed_up"] / table["processes"]
-    where = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+    where = (f"{gpus} x {torch.cuda.get_device_name()}" if env.get("TL_DEVICE") != "cpu"
              else f"CPU ({os.cpu_count()} cores; N processes of one thread against one of {torch.get_num_threads()})")
     print(f"\nmachine: {platform.machine()}, {where}, torch {torch.__version__}; {args.image_size} px, global batch "
           f"{args.batch_size}, epoch = training + validation (validation runs whole in every process)")
