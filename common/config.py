@@ -17,9 +17,7 @@ import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
-
-from .runtime import default_num_workers, detect_runtime, pick_device
+from .runtime import default_num_workers, detect_runtime, pick_device, visible_gpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,4 +207,4 @@ def load_config(**overrides) -> Config:
 def auto_budget() -> str:
     if os.environ.get("CI"):
         return "smoke"
-    return "full" if torch.cuda.is_available() else "cpu"
+    return "full" if visible_gpus().count else "cpu"

@@ -23,7 +23,7 @@ def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[f
     per_batch = SCHEDULE_INTERVAL[run.cfg.schedule] == "step"
     model.train()
     total_loss, correct, seen = (torch.zeros((), device=device) for _ in range(3))
-    bar = tqdm(total=len(run.loaders["train"]), desc=desc, leave=False, mininterval=5, disable=not run.cfg.progress)
+    bar = tqdm(total=len(run.loaders["train"]), desc=desc, leave=False, mininterval=5, disable=not run.show_progress)
     for images, labels in run.loaders["train"]:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -49,13 +49,15 @@ def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[f
 
 @torch.inference_mode()
 def evaluate(run: TrainingRun, loader, criterion) -> tuple[float, float]:
-    """Mean loss and accuracy over ``loader`` in eval mode, without autograd."""
-    run.model.eval()
+    """Mean loss and accuracy over ``loader`` in eval mode, without autograd; with several processes, each evaluates
+    through DDP, which first hands it rank 0's BatchNorm statistics (the model rank 0 saves)."""
+    model = run.net
+    model.eval()
     total_loss, correct, seen = (torch.zeros((), device=run.device) for _ in range(3))
     for images, labels in loader:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         with run.autocast():
-            logits = run.model(images)
+            logits = model(images)
             total_loss += criterion(logits, labels) * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)

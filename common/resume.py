@@ -21,7 +21,9 @@ _NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache
 def resume_key(run: TrainingRun) -> dict:
     """What a run computes: a resume point made under other settings is never reused."""
     config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
-    # The processes that train, not the setting: devices="auto" can resolve to another number.
+    # What was resolved, not the setting: devices="auto" can mean another number of processes, and precision="auto"
+    # bf16 on one GPU and fp16 on the next runtime (whose gradient scaler state would not fit).
+    config["precision"] = run.precision
     return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init, world=run.world)
 
 

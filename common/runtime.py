@@ -5,10 +5,18 @@ import os
 import platform
 import random
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch.cuda.is_available() asks the CUDA runtime by default, after which a process forked from this one cannot use
+# CUDA (every several-device run forks from the notebook). With this set, it asks NVML instead, which leaves fork
+# possible (torch's docstring). Set before anything here asks; Lightning sets it too, but only once imported.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts a notebook's attached datasets and models
 _SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "testing")
@@ -49,21 +57,87 @@ def walk_kaggle_input(max_depth: int = 6):
         dirnames[:] = [] if depth >= max_depth else [d for d in dirnames if d.lower() not in _SPLIT_FOLDERS]
 
 
+@dataclass(frozen=True)
+class Gpus:
+    """The GPUs this process may use, learnt without initialising CUDA (a notebook that did can no longer fork):
+    their names and compute capabilities (None where the driver's NVML library could not say)."""
+    names: tuple[str, ...] = ()
+    capabilities: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def all_at_least(self, capability: tuple[int, int]) -> bool | None:
+        """Whether every GPU has at least ``capability``: one answer for all, so that every process of a run makes
+        the same choice (None: unknown)."""
+        return None if self.capabilities is None else all(c >= capability for c in self.capabilities)
+
+
+def visible_gpus() -> Gpus:
+    """The GPUs of this process (``CUDA_VISIBLE_DEVICES`` respected), asked of NVML, never of the CUDA runtime."""
+    return _gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@lru_cache(maxsize=4)
+def _gpus(visible: str | None) -> Gpus:
+    count = torch.cuda.device_count()  # NVML first in current torch; never initialises CUDA where NVML answers
+    if not count:
+        return Gpus()
+    found = _nvml_gpus()
+    if found is None or len(found) < count:
+        if torch.cuda.is_initialized():  # asking the runtime costs nothing more now
+            return Gpus(tuple(torch.cuda.get_device_name(i) for i in range(count)),
+                        tuple(torch.cuda.get_device_capability(i) for i in range(count)))
+        return Gpus(("GPU",) * count)
+    indices = [int(i) for i in visible.split(",")] if visible and all(i.strip().isdigit() for i in visible.split(",")) else range(count)
+    chosen = [found[i] for i in indices if i < len(found)][:count]
+    return Gpus(tuple(name for name, _ in chosen), tuple(cap for _, cap in chosen))
+
+
+def _nvml_gpus() -> list[tuple[str, tuple[int, int]]] | None:
+    """(name, compute capability) of every GPU the NVIDIA driver shows, from NVML through ctypes (as torch itself
+    counts them); None where NVML is missing or fails. No library wraps this without a new dependency."""
+    import ctypes
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        count = ctypes.c_uint()
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        found = []
+        for index in range(count.value):
+            handle, name = ctypes.c_void_p(), ctypes.create_string_buffer(96)
+            major, minor = ctypes.c_int(), ctypes.c_int()
+            if (nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle))
+                    or nvml.nvmlDeviceGetName(handle, name, 96)
+                    or nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))):
+                return None
+            found.append((name.value.decode(errors="replace"), (major.value, minor.value)))
+        return found
+    finally:
+        nvml.nvmlShutdown()
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     if preference != "auto":
         return torch.device(preference)
-    if torch.cuda.is_available():
+    if visible_gpus().count:
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
-def resolve_precision(choice: str, device: torch.device, probe: bool = True) -> str:
-    """Mixed precision on CUDA (bf16 where native, else fp16 with a gradient scaler); fp32 elsewhere,
-    because bf16 emulated on a CPU without native support is several times slower. ``probe=False`` decides
-    without asking the GPU (asking initialises CUDA, after which a notebook can no longer fork): fp16,
-    which every CUDA GPU runs."""
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """Mixed precision on CUDA (bf16 where every GPU has it natively, compute capability 8.0 and up: A100, L4,
+    H100; else fp16 with a gradient scaler: T4, P100, V100); fp32 elsewhere, because bf16 emulated on a CPU
+    without native support is several times slower. Decided from :func:`visible_gpus`, so the notebook's
+    process and every process it forks, in every engine, choose the same, and nothing initialises CUDA."""
     if choice == "fp16" and device.type == "cpu":
         # Lightning runs "16-mixed" on the CPU as bf16 (with a warning); doing the same in every engine keeps
         # the three computing one thing.
@@ -73,17 +147,15 @@ def resolve_precision(choice: str, device: torch.device, probe: bool = True) -> 
         return choice
     if device.type != "cuda":
         return "fp32"
-    if not probe:
-        return "fp16"
-    try:  # emulated bf16 (a T4, say) is slow: only native counts
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    except TypeError:  # torch before 2.4 reports native support only
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if visible_gpus().all_at_least((8, 0)) else "fp16"  # unknown GPUs: fp16, which every one runs
 
 
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
-    """``choice`` None means auto: NHWC on CUDA, where tensor cores and cuDNN prefer it."""
-    return device.type == "cuda" if choice is None else bool(choice)
+    """``choice`` None means auto: NHWC on CUDA GPUs with tensor cores (compute capability 7.0 and up), where
+    cuDNN prefers it; not on a P100 (6.0), where it is often slower, nor on the CPU."""
+    if choice is not None:
+        return bool(choice)
+    return device.type == "cuda" and visible_gpus().all_at_least((7, 0)) is not False
 
 
 def default_num_workers() -> int:
@@ -124,7 +196,7 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
     the mechanics)."""
     if str(devices) != "auto" and int(devices) <= 1:
         return 1
-    gpus = torch.cuda.device_count() if pick_device(device).type == "cuda" else 0
+    gpus = visible_gpus().count if pick_device(device).type == "cuda" else 0
     wanted = (gpus or 1) if str(devices) == "auto" else int(devices)
     if wanted <= 1:
         return 1
@@ -155,6 +227,25 @@ def as_child_process() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
+@contextmanager
+def processes_environment(device: str = "auto"):
+    """Around the fork of a run's processes: what they inherit. CPU processes on a GPU machine see no GPU
+    (``CUDA_VISIBLE_DEVICES`` empty): Ignite's ``idist.Parallel`` would otherwise put each on GPU ``local_rank``
+    (an invalid device on a one-GPU Colab), and each would open a CUDA context it never uses. The notebook's own
+    environment is restored afterwards."""
+    hide = pick_device(device).type != "cuda" and visible_gpus().count > 0
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hide:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if hide and before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        elif hide:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 def free_port() -> int:
     """A free TCP port on this machine, where the processes of one run meet (127.0.0.1 only)."""
     import socket
@@ -170,10 +261,11 @@ def distributed_backend(device: str = "auto") -> str:
 
 def describe_devices(devices: str | int, device: str = "auto") -> str:
     """One line on how many processes a run will train on here, and how to use more where there are more."""
-    gpus = torch.cuda.device_count() if pick_device(device).type == "cuda" else 0
+    gpus = visible_gpus().count if pick_device(device).type == "cuda" else 0
     world = resolve_devices(devices, device)
     if world > 1:
-        return f"Training on {world} {'GPUs' if gpus else 'CPU processes (gloo)'}, one process each (devices={devices!r})."
+        return (f"Training on {world} {'GPUs' if gpus else 'CPU processes (gloo)'}, one process each (devices={devices!r}); "
+                "rank 0 prints each epoch (processes forked from a notebook cannot draw progress bars in it).")
     if gpus > 1:
         return (f"Training on one of this machine's {gpus} GPUs (devices={devices!r}); load_config(devices='auto') "
                 "trains on all of them (set it in the first configuration cell, before anything runs on a GPU).")

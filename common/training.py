@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +23,8 @@ from .evaluation import accuracy, predict, topk_accuracy
 from .model import (WeightsInfo, build_model, load_backbone, parameter_summary, resolve_mode, trainable_blocks,
                     trainable_parameters)
 from .records import RunMeta, RunRecord, predictions_frame
-from .runtime import library_versions, pick_device, resolve_channels_last, resolve_precision, seed_everything
+from .runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_precision,
+                      seed_everything)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ class TrainingRun:
 
     def __post_init__(self) -> None:
         self.net = self.net or self.model
+
+    @property
+    def show_progress(self) -> bool:
+        """Progress bars only in the notebook's own process: ipykernel drops every message a forked process sends
+        ("attempted to send message from fork"), so their widgets would stay blank. Several processes print one
+        line per epoch instead (rank 0)."""
+        return self.cfg.progress and self.world == 1
 
     @property
     def is_main(self) -> bool:
@@ -225,12 +235,20 @@ def run_device(cfg: Config, rank: int | None, world: int) -> torch.device:
     return torch.device("cuda", rank)
 
 
-def before_forking(cfg: Config, data: DataBundle) -> None:
-    """What a notebook does once before it forks its training processes: decode the images (the processes share
-    those pages) and fetch the pretrained weights (one download and at most one banner, not one per process)."""
+@contextmanager
+def forking(cfg: Config, data: DataBundle, world: int):
+    """Around the fork of a run's ``world`` processes, in the notebook's process (nothing with one): decode the
+    images (the processes share those pages) and fetch the pretrained weights (one download and at most one
+    banner, not one per process) first, and give the processes the environment they need
+    (:func:`common.runtime.processes_environment`)."""
+    if world == 1:
+        yield
+        return
     cache_decoded_images(cfg, data)
     if cfg.weights != "random":
         load_backbone(cfg.weights, cfg.data_dir / "weights")
+    with processes_environment(cfg.device):
+        yield
 
 
 def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -251,6 +269,8 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     BatchNorm is synchronised across them. With ``world`` > 1 and no ``rank``, this is the notebook's own copy
     before it forks: it stays on the CPU, and nothing here touches CUDA (a kernel that did can no longer fork)."""
     seed_everything(cfg.seed)
+    if cfg.deterministic:  # cuBLAS reads this when CUDA starts: deterministic matrix products need it (as Lightning sets)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -270,7 +290,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     model.to(device)
     if resolve_channels_last(cfg.channels_last, target):
         model.to(memory_format=torch.channels_last)  # NHWC: what tensor cores and cuDNN prefer
-    precision = resolve_precision(cfg.precision, target, probe=device.type == target.type)
+    precision = resolve_precision(cfg.precision, target)  # the same in the notebook's copy and every process
     optimizer = make_optimizer(model, cfg, lr=first.lr)
     cache_decoded_images(cfg, data)
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda",

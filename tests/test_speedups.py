@@ -12,10 +12,12 @@ from torchvision.models import resnet50
 def test_precision_is_fp32_on_cpu_and_mixed_on_cuda(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert C.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(C, "visible_gpus", lambda: C.Gpus(("NVIDIA A100",), ((8, 0),)))
     assert C.resolve_precision("auto", cuda) == "bf16"  # A100, H100, L4...
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(C, "visible_gpus", lambda: C.Gpus(("Tesla T4",), ((7, 5),)))
     assert C.resolve_precision("auto", cuda) == "fp16"  # T4 (Colab, Kaggle free GPUs): with a gradient scaler
+    monkeypatch.setattr(C, "visible_gpus", lambda: C.Gpus(("GPU",)))
+    assert C.resolve_precision("auto", cuda) == "fp16"  # capability unknown: what every GPU runs
     assert C.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
     assert C.resolve_precision("fp16", cpu) == "bf16"  # ... except fp16 on the CPU, which Lightning runs as bf16
     assert C.resolve_precision("fp16", cuda) == "fp16"
