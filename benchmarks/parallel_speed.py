@@ -27,22 +27,36 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def parse_args() -> argparse.Namespace:
-    import torch
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+# Per-run sizes: a GPU run is worth measuring at the recipe's size; on CPU processes the same would take hours.
+SIZES = {"gpu": dict(images_per_class=200, image_size=224, batch_size=64),
+         "cpu": dict(images_per_class=12, image_size=112, batch_size=16)}
+
+
+def parse_args(gpus: int) -> argparse.Namespace:
+    """The options; sizes left out follow where the runs go: GPUs when there is one for each of the N processes,
+    else the CPU (a one-GPU Colab runtime runs 2 CPU processes, at CPU sizes)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=gpus if gpus > 1 else 2,
-                   help="N: processes of the parallel runs (fewer than 2 GPUs: CPU processes)")
-    p.add_argument("--images-per-class", type=int, default=200 if gpus else 12)
-    p.add_argument("--image-size", type=int, default=224 if gpus else 112)
-    p.add_argument("--batch-size", type=int, default=64 if gpus else 16, help="global batch: a multiple of N")
+                   help="N: processes of the parallel runs (fewer GPUs than N: CPU processes)")
+    p.add_argument("--images-per-class", type=int, help=f"default {SIZES['gpu']['images_per_class']} on GPUs, "
+                                                        f"{SIZES['cpu']['images_per_class']} on the CPU")
+    p.add_argument("--image-size", type=int, help=f"default {SIZES['gpu']['image_size']} on GPUs, {SIZES['cpu']['image_size']} on the CPU")
+    p.add_argument("--batch-size", type=int, help="global batch, a multiple of N: default "
+                                                  f"{SIZES['gpu']['batch_size']} on GPUs, {SIZES['cpu']['batch_size']} on the CPU")
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--engines", default="plain,ignite,lightning")
-    return p.parse_args()
+    args = p.parse_args()
+    args.on_gpus = gpus >= args.processes
+    for name, value in SIZES["gpu" if args.on_gpus else "cpu"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def main() -> None:
-    args = parse_args()
+    from common.runtime import visible_gpus
+    gpus = visible_gpus().count
+    args = parse_args(gpus)
     import pandas as pd
     import torch
     from speed import ENGINES, run_engines, steady, synthetic_dataset
@@ -56,8 +70,7 @@ def main() -> None:
                     TL_TRAIN_PER_CLASS="none", TL_EVAL_PER_CLASS="none", TL_RESUME="0", TL_PROGRESS="0",
                     TL_CACHE_IMAGES="1", TL_DATA_DIR=str(work / "data"))
     env = dict(os.environ, **settings, MPLBACKEND="Agg")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus < args.processes:  # not a GPU per process: every run on the CPU, so that 1 and N compare like for like
+    if not args.on_gpus:  # not a GPU per process: every run on the CPU, so that 1 and N compare like for like
         env["TL_DEVICE"] = "cpu"
     engines = args.engines.split(",")
     unknown = set(engines) - set(ENGINES)
@@ -80,7 +93,7 @@ def main() -> None:
     one = table[table.processes == 1].set_index(["engine", "init"])["epoch_s"]
     table["speed_up"] = [one[(e, i)] / s for e, i, s in zip(table.engine, table.init, table.epoch_s)]
     table["efficiency"] = table["speed_up"] / table["processes"]
-    where = (f"{gpus} x {torch.cuda.get_device_name()}" if env.get("TL_DEVICE") != "cpu"
+    where = (f"{gpus} x {visible_gpus().names[0]}" if args.on_gpus
              else f"CPU ({os.cpu_count()} cores; N processes of one thread against one of {torch.get_num_threads()})")
     print(f"\nmachine: {platform.machine()}, {where}, torch {torch.__version__}; {args.image_size} px, global batch "
           f"{args.batch_size}, epoch = training + validation (validation runs whole in every process)")

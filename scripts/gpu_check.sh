@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# For whoever has a GPU: run every notebook on it (synthetic data shaped like the vegetable dataset, 224 px, a
+# short `full` budget), check the GPU-only paths no CPU can exercise, run the three benchmarks at GPU sizes, and
+# print the figures the README's GPU table needs, labelled with the GPU, torch and CUDA. Everything lands in
+# runs/gpu-check/ (executed notebooks, logs, figures); the summary is runs/gpu-check/summary.txt.
+#
+#   bash scripts/gpu_check.sh            # about 20-40 minutes on a T4, less on an A100 / H100
+#   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh   # notebooks and checks only, no benchmarks (about 10 minutes)
+#
+# On Colab or Kaggle, in a terminal or a cell (`!bash scripts/gpu_check.sh`) from the repository's folder; it
+# uses the runtime's own torch (colab_setup.sh installs the rest) and never the network beyond what that does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${GPU_CHECK_DIR:-$PWD/runs/gpu-check}
+rm -rf "$OUT"; mkdir -p "$OUT/notebooks"
+if [ -x .venv/bin/python ] || ! python3 -c "import torch" 2>/dev/null; then  # a local clone: the suite's venv
+  bash scripts/setup.sh >"$OUT/setup.log" 2>&1
+  PY=.venv/bin/python
+else  # Colab, Kaggle: the runtime's own torch, the rest installed beside it
+  bash colab_setup.sh >"$OUT/setup.log" 2>&1
+  PY=python3
+fi
+"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  || { echo "No CUDA GPU visible: this script checks what only a GPU can run." >&2; exit 2; }
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+LABEL=$("$PY" -c "import torch; print(f'{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}')")
+echo "== $(date +%T) GPU check on $LABEL" | tee "$OUT/summary.txt"
+
+# Synthetic data shaped like the vegetable dataset: 15 classes of 224 px JPEGs.
+DATA=$("$PY" -c "
+import sys; sys.path.insert(0, 'benchmarks')
+from pathlib import Path
+from speed import synthetic_dataset
+print(synthetic_dataset(Path('$OUT'), 60))")
+export TL_DATASET="$DATA" TL_BUDGET=full TL_EPOCHS=3 TL_WEIGHTS=auto TL_RUNS_DIR="$OUT/runs" TL_DATA_DIR="$OUT/data" \
+       TL_PROGRESS=off MPLBACKEND=Agg
+
+run_nb() {  # run_nb NOTEBOOK NAME [VAR=VALUE ...]: execute in a fresh kernel, keep the copy and the kernel's log
+  local nb=$1 name=$2; shift 2
+  local start; start=$(date +%s)
+  if env "$@" "$PY" -m jupyter nbconvert --to notebook --execute "$nb" --output-dir "$OUT/notebooks" \
+       --output "$name" --ExecutePreprocessor.timeout=-1 --log-level=WARN >"$OUT/$name.log" 2>&1; then
+    echo "ok    $name ($(( $(date +%s) - start )) s)" | tee -a "$OUT/summary.txt"
+  else
+    echo "FAIL  $name: see $OUT/$name.log" | tee -a "$OUT/summary.txt"
+  fi
+}
+
+# 1. Every notebook on the GPU, in order (06 then checks the reloaded model against GPU-made records).
+for nb in notebooks/[0-9]*.ipynb; do run_nb "$nb" "$(basename "$nb" .ipynb)"; done
+
+# 2. What no CPU stand-in can show.
+run_nb notebooks/01_plain_pytorch.ipynb 01_deterministic TL_DETERMINISTIC=1 TL_RUNS_DIR="$OUT/runs-deterministic"
+# CPU processes on a GPU machine (hidden GPUs; Ignite would put rank 1 on a GPU that a one-GPU runtime lacks),
+# with progress bars on as in Jupyter (forked processes must draw none).
+for nb in 01_plain_pytorch 02_ignite 03_lightning; do
+  run_nb "notebooks/$nb.ipynb" "${nb}_cpu_processes" TL_DEVICES=2 TL_DEVICE=cpu TL_PROGRESS=on TL_IMAGE_SIZE=64 \
+    TL_EPOCHS=2 TL_TRAIN_PER_CLASS=8 TL_EVAL_PER_CLASS=4 TL_RUNS_DIR="$OUT/runs-cpu-processes"
+done
+if [ "$GPUS" -ge 2 ]; then  # NCCL, SyncBatchNorm, one GPU per rank, precision per engine
+  for nb in 01_plain_pytorch 02_ignite 03_lightning; do
+    run_nb "notebooks/$nb.ipynb" "${nb}_all_gpus" TL_DEVICES=auto TL_PROGRESS=on TL_RUNS_DIR="$OUT/runs-all-gpus"
+  done
+fi
+"$PY" - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, re, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from common.records import find_records
+out = Path(sys.argv[1])
+bad = []
+for path in sorted((out / "notebooks").glob("*.ipynb")):
+    for cell in json.loads(path.read_text())["cells"]:
+        for o in cell.get("outputs", []):
+            text = "".join(o.get("text", "")) + "".join(o.get("traceback", []))
+            if o.get("output_type") == "error" or o.get("name") == "stderr" or "Warning" in text:
+                bad.append(f"{path.name}: {text.strip()[:160]!r}")
+print("executed notebooks read clean" if not bad else "NOT CLEAN:\n  " + "\n  ".join(bad))
+forks = {p.name: p.read_text().count("send message from fork") for p in out.glob("*.log")}
+print("messages dropped from forked processes:", {k: v for k, v in forks.items() if v} or "none")
+for runs in sorted(out.glob("runs*")):
+    for dataset in sorted(d.name for d in runs.iterdir() if d.is_dir() and d.name != "unfreeze"):
+        for (engine, init), record in find_records(runs, dataset).items():
+            m = record.meta
+            print(f"{runs.name:>18} {engine:>9}/{init:<8} device {m.device:<7} precision {m.precision:<5} "
+                  f"processes {m.world_size}  test acc {m.test_acc:.3f}  epoch {record.history['epoch_seconds'].median():.1f} s")
+EOF
+
+# 3. The benchmarks at GPU sizes (their tables are the README's GPU figures).
+if [ -z "${GPU_CHECK_QUICK:-}" ]; then
+  echo "== $(date +%T) benchmarks/speed.py" | tee -a "$OUT/summary.txt"
+  "$PY" benchmarks/speed.py --images-per-class 200 --image-size 224 --batch-size 64 --epochs 4 2>&1 | tee -a "$OUT/summary.txt"
+  echo "== $(date +%T) speed.py with mixed precision and channels_last off" | tee -a "$OUT/summary.txt"
+  TL_PRECISION=fp32 TL_CHANNELS_LAST=off "$PY" benchmarks/speed.py --images-per-class 200 --image-size 224 \
+    --batch-size 64 --epochs 4 --engines plain 2>&1 | tee -a "$OUT/summary.txt"
+  echo "== $(date +%T) benchmarks/unfreeze_speed.py" | tee -a "$OUT/summary.txt"
+  "$PY" benchmarks/unfreeze_speed.py --images-per-class 100 --image-size 224 --batch-size 64 2>&1 | tee -a "$OUT/summary.txt"
+  if [ "$GPUS" -ge 2 ]; then
+    echo "== $(date +%T) benchmarks/parallel_speed.py" | tee -a "$OUT/summary.txt"
+    "$PY" benchmarks/parallel_speed.py 2>&1 | tee -a "$OUT/summary.txt"
+  fi
+fi
+echo "== $(date +%T) done: $OUT/summary.txt ($LABEL)" | tee -a "$OUT/summary.txt"
