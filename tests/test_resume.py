@@ -3,6 +3,7 @@ and get exactly the history of an uninterrupted run. Checkpoints cut short are n
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import time
@@ -98,8 +99,11 @@ def test_a_resume_point_from_other_settings_is_not_used(tiny_run, capsys):
     assert read_resume_point(off, off.record.resume) is None
 
 
-def test_checkpoints_load_weights_only():
-    torch.save({"model": {"w": torch.ones(1)}, "payload": object()}, "/tmp/tl-evil.pt")
+def test_checkpoints_load_weights_only(tmp_path):
+    """A checkpoint holding a pickled object (which could be code) is refused; tensors load."""
     from common.io import load_state
-    with pytest.raises(Exception):
-        load_state("/tmp/tl-evil.pt")
+    torch.save({"model": {"w": torch.ones(1)}, "payload": object()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_state(tmp_path / "evil.pt")
+    torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "plain.pt")
+    assert torch.equal(load_state(tmp_path / "plain.pt")["model"]["w"], torch.ones(1))
