@@ -22,6 +22,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, target, layer: nn.Module | N
     from captum.attr import LayerAttribution, LayerGradCam
 
     model.eval()
+    images = images.to(next(model.parameters()).device)  # on a GPU where the model is
     targets = torch.as_tensor(target).reshape(-1).expand(len(images)).tolist()  # one class, or one per image
     with torch.enable_grad():
         maps = LayerGradCam(model, layer if layer is not None else model.layer4).attribute(
@@ -29,7 +30,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, target, layer: nn.Module | N
     maps = LayerAttribution.interpolate(maps.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
     maps = maps[:, 0].clamp(min=0)
     peak = maps.flatten(1).amax(1).clamp(min=1e-12)
-    return maps / peak[:, None, None]
+    return (maps / peak[:, None, None]).cpu()
 
 
 def box_mass(heatmap, box) -> tuple[float, float]:

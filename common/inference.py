@@ -38,16 +38,17 @@ class ModelInfo:
         return build_transforms(self.image_size, self.mean, self.std)["test"]
 
 
-def load_model(record: RunRecord) -> tuple[TransferResNet, ModelInfo]:
+def load_model(record: RunRecord, device: torch.device | str = "cpu") -> tuple[TransferResNet, ModelInfo]:
     """A fresh network built from a run record's metadata (class names, which blocks trained, image size,
-    normalisation) with its best weights loaded (``weights_only=True``), in eval mode, on the CPU."""
+    normalisation) with its best weights loaded (``weights_only=True``), in eval mode, on ``device`` (a GPU
+    where there is one: predicting a whole test split on Colab's two CPU cores takes minutes)."""
     meta = record.meta
     model = TransferResNet(resnet50(weights=None), len(meta.class_names), meta.config["dropout"],
                            trainable=resolve_mode(meta.init, meta.config.get("trainable")))
     model.load_state_dict(record.load_best())
     mean, std = imagenet_normalisation()
     info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta)
-    return model.eval(), info
+    return model.to(device).eval(), info
 
 
 # ---------------------------------------------------------------- predicting
@@ -72,14 +73,17 @@ def _check(path: Path) -> tuple[str | None, str]:
 
 @torch.inference_mode()
 def predict_tensors(model: torch.nn.Module, x: torch.Tensor, tta: bool = False, batch_size: int = 32) -> np.ndarray:
-    """Softmax probabilities for a batch of prepared images; ``tta``: averaged with the mirrored images."""
+    """Softmax probabilities for a batch of prepared images, computed where the model is; ``tta``: averaged with
+    the mirrored images."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for part in x.split(batch_size):
+        part = part.to(device)
         probs = torch.softmax(model(part).float(), dim=1)
         if tta:
             probs = (probs + torch.softmax(model(part.flip(-1)).float(), dim=1)) / 2
-        out.append(probs)
+        out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -130,22 +134,91 @@ def problems(table: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------- the record's test split again
 
 
-def reproduce_test(model: torch.nn.Module, info: ModelInfo, recorded: pd.DataFrame) -> pd.DataFrame:
-    """The test predictions again, for the files and classes of a run's recorded test predictions, in batches
-    of the run's size (other batch shapes change the last float bits, and the record keeps 6 decimals)."""
+# How far a reproduction may drift from the record, by the precision the record was computed in: what a
+# reduced mantissa leaves in softmax probabilities (bf16 keeps 8 bits, fp16 10, and "fp32" on a recent NVIDIA
+# GPU runs its convolutions in TF32, 10 bits too), with room for the kernels cuDNN autotunes per run. The same
+# computation on the CPU must match to the record's 6 decimals.
+TOLERANCE = {"fp32": 0.01, "fp16": 0.01, "bf16": 0.05}
+EXACT = 2e-6
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """How a run's recorded test predictions are recomputed, and how close they must come."""
+    device: torch.device
+    precision: str  # the autocast of the recomputation: fp32, bf16 or fp16
+    tolerance: float  # the largest probability difference allowed
+    reason: str  # one sentence for the learner
+
+    @classmethod
+    def plan(cls, meta: RunMeta, here: torch.device) -> "Reproduction":
+        """Like with like where this machine can: a record made on the CPU again on the CPU, in its precision
+        (bf16 autocast runs on any CPU); one made on a GPU on a GPU of this machine, in its precision (within
+        :data:`TOLERANCE`: autotuned kernels differ in the last bits); else on the CPU in fp32, within what the
+        record's precision leaves."""
+        made, tolerance = torch.device(meta.device).type, TOLERANCE.get(meta.precision, TOLERANCE["bf16"])
+        if made == "cpu":
+            return cls(torch.device("cpu"), meta.precision, EXACT, f"made on the CPU in {meta.precision}, recomputed "
+                       "the same way: it must match to the record's 6 decimals")
+        if made == here.type:
+            return cls(here, meta.precision, tolerance, f"made on a GPU in {meta.precision}, recomputed the same way "
+                       f"on this one: within {tolerance:g} (GPU kernels chosen per run differ in the last bits)")
+        return cls(torch.device("cpu"), "fp32", tolerance, f"made on a GPU in {meta.precision}, recomputed here on the "
+                   f"CPU in fp32: within {tolerance:g}, the difference {meta.precision} leaves")
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+@dataclass(frozen=True)
+class ReproductionCheck:
+    """A reproduction of the recorded test predictions against the record."""
+    plan: Reproduction
+    rows: int
+    max_prob_diff: float
+    changed: int  # images whose predicted class changed although the record's top two were further apart
+    near_ties: int  # images whose predicted class changed between two classes within the tolerance
+
+    @property
+    def ok(self) -> bool:
+        return self.changed == 0 and self.max_prob_diff <= self.plan.tolerance
+
+    def describe(self) -> str:
+        ties = f", {self.near_ties} near-tie(s) swapped (allowed)" if self.near_ties else ""
+        return (f"{self.rows} test images: largest probability difference {self.max_prob_diff:.1e}, predicted "
+                f"classes changed {self.changed}{ties}; {self.plan.reason}: {'the same' if self.ok else 'NOT the same'}")
+
+
+def reproduce_test(model: torch.nn.Module, info: ModelInfo, recorded: pd.DataFrame,
+                   plan: Reproduction | None = None) -> pd.DataFrame:
+    """The test predictions again, for the files and classes of a run's recorded test predictions, as ``plan``
+    says (default: :meth:`Reproduction.plan` for where the model is), in batches of the run's size (other batch
+    shapes change the last float bits, and the record keeps 6 decimals)."""
+    home = next(model.parameters()).device
+    plan = plan or Reproduction.plan(info.meta, home)
     paths = [info.dataset_root / f for f in recorded["file"]]
-    probs = predict_tensors(model, prepare_images(paths, info), batch_size=info.meta.config["batch_size"])
+    try:
+        with plan.autocast():
+            probs = predict_tensors(model.to(plan.device), prepare_images(paths, info),
+                                    batch_size=info.meta.config["batch_size"])
+    finally:
+        model.to(home)
     targets = np.asarray([info.class_names.index(t) for t in recorded["true"]])
     k = sum(c.endswith("_prob") for c in recorded.columns)
     return predictions_frame(list(recorded["file"]), targets, probs, info.class_names, k)
 
 
-def max_difference(recorded: pd.DataFrame, again: pd.DataFrame) -> dict:
-    """How far two prediction tables differ: classes that changed and the largest probability gap."""
+def check_reproduction(recorded: pd.DataFrame, again: pd.DataFrame, plan: Reproduction) -> ReproductionCheck:
+    """Compare the recomputed predictions with the record: every kept probability within ``plan.tolerance``,
+    and no predicted class changed unless the record's top two classes were within twice the tolerance (a near
+    tie that reduced precision may swap)."""
     probs = [c for c in recorded.columns if c.endswith("_prob")]
-    classes = ["pred"] + [c for c in recorded.columns if c.endswith("_class")]
-    return dict(rows=len(recorded), changed_classes=int((recorded[classes] != again[classes]).any(axis=1).sum()),
-                max_prob_diff=float(np.abs(recorded[probs].to_numpy() - again[probs].to_numpy()).max()))
+    diff = float(np.abs(recorded[probs].to_numpy() - again[probs].to_numpy()).max()) if len(recorded) else 0.0
+    margin = recorded["top1_prob"] - recorded["top2_prob"] if "top2_prob" in recorded else pd.Series(np.inf, recorded.index)
+    swapped = recorded["pred"].to_numpy() != again["pred"].to_numpy()
+    tie = (margin <= 2 * plan.tolerance).to_numpy()
+    return ReproductionCheck(plan, len(recorded), diff, int((swapped & ~tie).sum()), int((swapped & tie).sum()))
 
 
 # ---------------------------------------------------------------- figures

@@ -70,3 +70,14 @@ def disk_full_message(folder: Path) -> str:
 
 def is_disk_full(exc: OSError) -> bool:
     return exc.errno == errno.ENOSPC
+
+
+def read_csv_as_text(path: Path, numeric: tuple[str, ...] = ()) -> "pd.DataFrame":
+    """A CSV whose every column is read as written (no guessing of numbers or missing values), except the
+    columns whose names end with one of ``numeric``, read as numbers."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in (c for c in df.columns if numeric and c.endswith(numeric)):
+        df[column] = pd.to_numeric(df[column])
+    return df

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import load_state, save_state, write_csv_atomic, write_text_atomic
+from .io import load_state, read_csv_as_text, save_state, write_csv_atomic, write_text_atomic
 
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 ENGINES = ("plain", "ignite", "lightning")
@@ -248,7 +248,9 @@ class RunRecord:
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
-        return pd.read_csv(self.check_complete(self.predictions_file).predictions_file)
+        """The test predictions as written: file and class names stay strings (classes named "6", "001" or "NA"
+        would otherwise come back as numbers or missing), probabilities are floats."""
+        return read_csv_as_text(self.check_complete(self.predictions_file).predictions_file, numeric=("_prob",))
 
     @cached_property
     def meta(self) -> RunMeta:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .io import write_csv_atomic, write_text_atomic
+from .io import read_csv_as_text, write_csv_atomic, write_text_atomic
 from .scan import DUPLICATE_COLUMNS, FINDING_COLUMNS, cross_split_duplicates, scan_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -165,7 +165,7 @@ class Manifest:
     def load(cls, path: Path) -> "Manifest":
         path = Path(path)
         info = json.loads(path.with_suffix(".json").read_text())
-        return cls(pd.read_csv(path), Path(info["root"]), info["layout"], list(info["classes"]),
+        return cls(read_csv_as_text(path, numeric=("label",)), Path(info["root"]), info["layout"], list(info["classes"]),
                    pd.DataFrame(info["findings"], columns=FINDING_COLUMNS),
                    pd.DataFrame(info["duplicates"], columns=DUPLICATE_COLUMNS), bool(info.get("duplicates_dropped")))
 

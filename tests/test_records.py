@@ -116,3 +116,27 @@ def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     assert Manifest.load(record.meta.split_manifest).counts()["train"].eq(4).all()
     assert record.meta.top_k == 3 and "top3_class" in record.predictions and "top4_class" not in record.predictions
     assert "test_top3" in summary_table({("plain", "scratch"): record}).columns
+
+
+NUMBER_LIKE = ["0", "6", "001", "2019", "NA", "None"]  # class folders people name by numbers, and pandas' "missing" words
+
+
+def test_class_names_that_look_like_numbers_stay_strings_in_every_table(tmp_path):
+    from common.demo_data import make_demo_dataset
+    from common.split import Manifest, build_split
+
+    probs = np.eye(len(NUMBER_LIKE))[[2, 4, 5, 0]] * 0.9 + 0.1 / len(NUMBER_LIKE)
+    record = R.RunRecord(tmp_path / "run")
+    record.folder.mkdir()
+    files = ["001/a.jpg", "2019/b.jpg", "None/c.jpg", "0/d.jpg"]
+    record.write_predictions(R.predictions_frame(files, np.array([2, 3, 5, 0]), probs, NUMBER_LIKE, k=3))
+    back = record.predictions
+    assert list(back["true"]) == ["001", "2019", "None", "0"] and list(back["pred"]) == ["001", "NA", "None", "0"]
+    assert list(back["file"]) == files and back["top1_prob"].dtype == float
+    assert [NUMBER_LIKE.index(t) for t in back["true"]] == [2, 3, 5, 0]  # what 06 does with them
+
+    root = make_demo_dataset(tmp_path / "numbers", images_per_class=6, image_size=32, classes=tuple(NUMBER_LIKE))
+    manifest = build_split(root, seed=0)
+    again = Manifest.load(manifest.save(tmp_path / "split.csv"))
+    assert sorted(again.frame["class_name"].unique()) == sorted(NUMBER_LIKE) and again.frame["label"].dtype.kind == "i"
+    assert again.fingerprint == manifest.fingerprint

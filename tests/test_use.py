@@ -3,13 +3,15 @@ import datetime as dt
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
 from common.explain import box_mass, box_to_input, gradcam
-from common.inference import FOLDER_RESULTS, load_model, max_difference, predict_images, problems, reproduce_test, upload_handler
+from common.inference import (EXACT, FOLDER_RESULTS, Reproduction, ReproductionCheck, check_reproduction, load_model, predict_images, problems,
+                              reproduce_test, upload_handler)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,45 @@ def test_reloaded_model_reproduces_the_recorded_predictions(engine_runs, key):
     run = engine_runs[key]
     model, info = load_model(run)
     assert info.class_names == run.meta.class_names and model.freeze_trunk == (key[1] == "transfer")
-    again = reproduce_test(model, info, run.predictions)
-    diff = max_difference(run.predictions, again)
-    assert diff["changed_classes"] == 0 and diff["max_prob_diff"] <= 1e-6, diff
+    plan = Reproduction.plan(run.meta, torch.device("cpu"))
+    check = check_reproduction(run.predictions, reproduce_test(model, info, run.predictions, plan), plan)
+    assert plan.tolerance == EXACT and check.ok and check.max_prob_diff <= 1e-6, check.describe()
+
+
+def test_the_reproduction_check_fails_for_other_weights(engine_runs):
+    run = engine_runs[("plain", "transfer")]
+    model, info = load_model(run)
+    with torch.no_grad():
+        model.head.weight.add_(0.05 * torch.randn_like(model.head.weight))
+    plan = Reproduction.plan(run.meta, torch.device("cpu"))
+    check = check_reproduction(run.predictions, reproduce_test(model, info, run.predictions, plan), plan)
+    assert not check.ok and "NOT the same" in check.describe()
+
+
+@pytest.mark.parametrize("made, precision, here, expected", [
+    ("cpu", "fp32", "cpu", ("cpu", "fp32", EXACT)),
+    ("cpu", "bf16", "cuda", ("cpu", "bf16", EXACT)),  # bf16 autocast runs on any CPU: like with like
+    ("cuda:0", "fp16", "cuda", ("cuda", "fp16", 0.01)),
+    ("cuda:0", "bf16", "cpu", ("cpu", "fp32", 0.05)),  # a Colab record reloaded on a laptop
+    ("cuda:1", "fp32", "cpu", ("cpu", "fp32", 0.01)),  # TF32 convolutions on the GPU
+])
+def test_a_record_is_reproduced_like_with_like_where_this_machine_can(made, precision, here, expected):
+    from conftest import make_meta
+    plan = Reproduction.plan(make_meta(device=made, precision=precision), torch.device(here))
+    assert (plan.device.type, plan.precision, plan.tolerance) == expected
+    assert precision in plan.reason
+
+
+def test_reduced_precision_may_swap_a_near_tie_and_nothing_more():
+    recorded = pd.DataFrame({"pred": ["a", "b", "c"], "top1_prob": [0.51, 0.9, 0.6], "top2_prob": [0.49, 0.05, 0.3]})
+    plan = Reproduction(torch.device("cpu"), "fp32", 0.05, "test")
+    near_tie = recorded.assign(pred=["x", "b", "c"], top1_prob=[0.52, 0.89, 0.6])
+    assert check_reproduction(recorded, near_tie, plan) == ReproductionCheck(plan, 3, pytest.approx(0.01), 0, 1)
+    assert check_reproduction(recorded, near_tie, plan).ok
+    far = recorded.assign(pred=["a", "x", "c"])
+    assert not check_reproduction(recorded, far, plan).ok
+    drifted = recorded.assign(top1_prob=[0.51, 0.9, 0.7])
+    assert not check_reproduction(recorded, drifted, plan).ok
 
 
 def _png(img: Image.Image) -> bytes:
