@@ -67,7 +67,7 @@ def time_to_target(history: pd.DataFrame, target: float) -> float | None:
 
 def trains(meta) -> str:
     """What a run trained, from its record: its mode, or each stage's ("head then layer3")."""
-    return " then ".join(s["trainable"] for s in meta.stages) if len(meta.stages) > 1 else meta.mode
+    return " then ".join(s["trainable"] for s in meta.stages) if len(meta.stages) > 1 else meta.trainable
 
 
 def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
@@ -171,7 +171,7 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     lines = data_caveats([record.meta for record in records.values()])
     random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
-        modes = sorted({r.meta.mode for r in records.values() if r.meta.random_transfer})
+        modes = sorted({r.meta.trainable for r in records.values() if r.meta.random_transfer})
         adapts = " / ".join(_listed(trainable_blocks(mode)) for mode in modes)
         lines.append("The 'transfer' runs started from RANDOM weights (no ImageNet weights were used), so they "
                      "transferred nothing: their frozen blocks compute random features that training never improves, "

@@ -249,13 +249,12 @@ def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 
 
 
 def save_uploads(value, folder: Path) -> list[Path]:
-    """Write a ``FileUpload`` value (ipywidgets 8: dicts with name and content; 7: a dict by name) to files."""
-    items = value.values() if isinstance(value, dict) else value
+    """Write a ``FileUpload`` value (ipywidgets 8: a tuple of dicts with name and content) to files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for item in items:
-        name = Path(item.get("name") or item.get("metadata", {}).get("name", "upload")).name
+    for item in value:
+        name = Path(item.get("name") or "upload").name  # the name only: an upload cannot write outside folder
         path = folder / name
         path.write_bytes(bytes(item["content"]))
         paths.append(path)

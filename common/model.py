@@ -155,21 +155,15 @@ class TransferResNet(nn.Module):
     where the frozen part ends. ``trainable`` (one of :data:`TRAINABLE`) says which blocks train: the
     blocks before them (a prefix of :data:`BLOCKS`) are frozen: their parameters get no gradients, their
     BatchNorm layers stay in eval mode through ``model.train()``, and they run without autograd (no graph
-    is recorded for them, so backward never enters them). ``freeze_trunk`` is the older spelling:
-    True is ``trainable="layer4"``, False is ``"all"``.
+    is recorded for them, so backward never enters them).
 
     :meth:`unfreeze` is the one way to move the boundary during a run. Setting ``requires_grad`` on a
     frozen block by hand raises :class:`FrozenBlockError` at the next forward: that block runs without
     autograd, so it would get no gradients and silently train nothing.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.2, freeze_trunk: bool | None = None,
-                 trainable: str | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.2, trainable: str = "layer4"):
         super().__init__()
-        if trainable is None:
-            trainable = "all" if freeze_trunk is False else "layer4"
-        elif freeze_trunk is not None and freeze_trunk != (_FROZEN[check_trainable(trainable)] >= 4):
-            raise ValueError(f"freeze_trunk={freeze_trunk} contradicts trainable={trainable!r}: give only trainable.")
         body = list(backbone.children())[:-2]  # drop avgpool and fc
         self.trunk = nn.Sequential(*body[:-1])  # conv1, bn1, relu, maxpool, layer1..layer3
         self.layer4 = body[-1]
@@ -192,11 +186,6 @@ class TransferResNet(nn.Module):
     def trainable_blocks(self) -> tuple[str, ...]:
         return BLOCKS[self.frozen:]
 
-    @property
-    def freeze_trunk(self) -> bool:
-        """True when the whole trunk (stem..layer3) is frozen, as in the suite's recipe."""
-        return self.frozen >= 4
-
     def block_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Each trainable block's parameters, in network order (frozen blocks are left out)."""
         blocks = self.blocks()
@@ -205,7 +194,8 @@ class TransferResNet(nn.Module):
     def unfreeze(self, depth: str) -> list[str]:
         """Make every block from ``depth`` up trainable (``depth``: a block name from :data:`BLOCKS` or
         ``"all"``): gradients, BatchNorm back in training mode, autograd through them. Returns the blocks
-        that became trainable (give their parameters to the optimizer: ``common.training.unfreeze``)."""
+        that became trainable (an optimizer made before does not hold them: ``common.training.enter_stage`` makes a
+        new one)."""
         if depth not in BLOCKS and depth != "all":
             raise ValueError(f"unfreeze({depth!r}): depth is one of {', '.join(BLOCKS)} or all")
         frozen = 0 if depth == "all" else BLOCKS.index(depth)
@@ -234,8 +224,7 @@ class TransferResNet(nn.Module):
             raise FrozenBlockError(
                 f"A frozen block ({', '.join(BLOCKS[:self.frozen])}) has parameters that require gradients, but "
                 "frozen blocks run without autograd: they would get no gradients and train nothing. Use "
-                "model.unfreeze('<block>') instead (and common.training.unfreeze, which also gives the block to "
-                "the optimizer).")
+                "model.unfreeze('<block>') instead (then make the optimizer again, as common.training.enter_stage does).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))

@@ -69,8 +69,7 @@ class RunMeta:
     test_acc: float
     top_k: int
     test_topk_acc: float
-    # What trained and how (records written before these existed read as the recipe: layer4 or scratch, one rate).
-    trainable: str = ""  # head | layer4 | layer3 | all | scratch ("": an older record, see ``mode``)
+    trainable: str  # what trained (at the end, for two stages): head | layer4 | layer3 | all | scratch
     block_lrs: dict[str, float] = field(default_factory=dict)  # each block that trained -> its rate, stem first
     schedule: str = "cosine"  # cosine (per epoch) | onecycle (per batch)
     clip_grad_norm: float = 0.0  # 0: no clipping
@@ -81,14 +80,9 @@ class RunMeta:
     extra: dict = field(default_factory=dict)  # anything an engine or a later lesson adds
 
     @property
-    def mode(self) -> str:
-        """How much trained: head, layer4, layer3, all or scratch."""
-        return self.trainable or ("scratch" if self.init == "scratch" else "layer4")
-
-    @property
     def random_transfer(self) -> bool:
         """A run meant to transfer (any mode but scratch) that had no pretrained weights: it transferred nothing."""
-        return self.mode != "scratch" and self.weights_source == "random"
+        return self.trainable != "scratch" and self.weights_source == "random"
 
     def train_counts(self) -> pd.Series:
         """Training images per class, as trained."""

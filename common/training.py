@@ -197,31 +197,6 @@ def enter_stage(run: TrainingRun, stage: Stage) -> bool:
     return True
 
 
-def clip_gradients(model: torch.nn.Module, cfg: Config, optimizer: torch.optim.Optimizer | None = None,
-                   scaler: torch.amp.GradScaler | None = None) -> None:
-    """Clip the trainable parameters' gradients to a total norm of ``cfg.clip_grad_norm`` (0: do nothing).
-    Call between backward and the optimizer step; with an fp16 ``scaler``, the gradients are unscaled first
-    (pass the ``optimizer`` the scaler steps)."""
-    if not cfg.clip_grad_norm:
-        return
-    if scaler is not None and scaler.is_enabled():
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.clip_grad_norm)
-
-
-def unfreeze(model: torch.nn.Module, optimizer: torch.optim.Optimizer, depth: str, cfg: Config,
-             lr: float | None = None) -> list[str]:
-    """Unfreeze ``model`` down to ``depth`` (``TransferResNet.unfreeze``) and give the newly trainable blocks
-    to ``optimizer``, at rates below the head's ``lr`` (default: the head's current rate) as
-    :func:`block_rates` says. Returns those blocks. A schedule made before does not know the new groups:
-    make the next stage's schedule afterwards."""
-    new = model.unfreeze(depth)
-    head_lr = optimizer.param_groups[0]["lr"] if lr is None else lr
-    for group in param_groups(model, cfg, blocks=new, lr=head_lr) if new else []:
-        optimizer.add_param_group(group)
-    return new
-
-
 def run_device(cfg: Config, rank: int | None, world: int) -> torch.device:
     """Where a run's model lives: GPU ``rank`` for one of several processes; the CPU for the notebook's own copy
     when it is about to fork several (``rank`` None, ``world`` > 1: a kernel that touched CUDA can no longer

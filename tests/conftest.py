@@ -57,6 +57,7 @@ def make_meta(**changes) -> RunMeta:
                   seed=0, budget="smoke", image_size=32, fallbacks=[], config={}, versions={}, started="", finished="",
                   epochs_run=2, best_epoch=2, best_val_acc=0.8, test_acc=0.75, top_k=5, test_topk_acc=1.0)
     values.update(changes)
+    values.setdefault("trainable", {"transfer": "layer4"}.get(values["init"], values["init"]))
     return RunMeta(**values)
 
 

@@ -8,7 +8,7 @@ from common import model as M
 @pytest.fixture(scope="module")
 def transfer():
     torch.manual_seed(0)
-    return M.TransferResNet(resnet50(weights=None), num_classes=5, freeze_trunk=True)
+    return M.TransferResNet(resnet50(weights=None), num_classes=5, trainable="layer4")
 
 
 def test_exactly_layer4_and_the_head_are_trainable(transfer):

@@ -24,7 +24,7 @@ def transfer(engine_runs):
 def test_reloaded_model_reproduces_the_recorded_predictions(engine_runs, key):
     run = engine_runs[key]
     model, info = load_model(run)
-    assert info.class_names == run.meta.class_names and model.freeze_trunk == (key[1] == "transfer")
+    assert info.class_names == run.meta.class_names and (model.trainable_blocks == ("layer4", "head")) == (key[1] == "transfer")
     plan = Reproduction.plan(run.meta, torch.device("cpu"))
     check = check_reproduction(run.predictions, reproduce_test(model, info, run.predictions, plan), plan)
     assert plan.tolerance == EXACT and check.ok and check.max_prob_diff <= 1e-6, check.describe()
