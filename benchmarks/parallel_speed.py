@@ -59,9 +59,9 @@ def main() -> None:
     args = parse_args(gpus)
     import pandas as pd
     import torch
-    from speed import ENGINES, run_engines, steady, synthetic_dataset
+    from speed import run_engines, steady, synthetic_dataset
 
-    from common.records import RunRecord
+    from common.records import ENGINE_NOTEBOOKS, RunRecord
 
     work = Path(tempfile.mkdtemp(prefix="tl-parallel-"))
     root = synthetic_dataset(work, args.images_per_class)
@@ -73,9 +73,9 @@ def main() -> None:
     if not args.on_gpus:  # not a GPU per process: every run on the CPU, so that 1 and N compare like for like
         env["TL_DEVICE"] = "cpu"
     engines = args.engines.split(",")
-    unknown = set(engines) - set(ENGINES)
+    unknown = set(engines) - set(ENGINE_NOTEBOOKS)
     if unknown:
-        raise SystemExit(f"--engines: unknown {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+        raise SystemExit(f"--engines: unknown {sorted(unknown)}; choose from {', '.join(ENGINE_NOTEBOOKS)}")
     worlds = (1, args.processes)
     for world in worlds:
         print(f"{world} process(es):", flush=True)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ENGINES = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,12 +57,14 @@ def synthetic_dataset(folder: Path, per_class: int) -> Path:
 def run_engines(engines: list[str], env: dict) -> None:
     import nbformat
     from nbclient import NotebookClient
+
+    from common.records import ENGINE_NOTEBOOKS
     for engine in engines:
-        nb = nbformat.read(ROOT / "notebooks" / ENGINES[engine], as_version=4)
+        nb = nbformat.read(ROOT / "notebooks" / ENGINE_NOTEBOOKS[engine], as_version=4)
         start = time.perf_counter()
         NotebookClient(nb, timeout=7200, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute(env=env)
-        print(f"  ran {ENGINES[engine]} in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  ran {ENGINE_NOTEBOOKS[engine]} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def steady(seconds) -> float:

@@ -25,7 +25,7 @@ from .io import load_state, read_csv_as_text, save_state, write_csv_atomic, writ
 HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 ENGINES = ("plain", "ignite", "lightning")
 INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
-PRODUCER = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
+ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}  # who writes each engine's records
 SCHEMA_VERSION = 3  # 3: stages (two-stage fine-tuning) in the meta, a stage column in the history
 FIGURES = "figures"
 
@@ -98,7 +98,7 @@ class RunMeta:
             engine = raw.get("engine", "")
             raise OldRecordError(f"{source} was written by another version of the suite (schema "
                                  f"{raw.get('schema', 1)}, this one reads {SCHEMA_VERSION}). Run notebooks/"
-                                 f"{PRODUCER.get(engine, '01_plain_pytorch.ipynb')} again to renew it.")
+                                 f"{ENGINE_NOTEBOOKS.get(engine, ENGINE_NOTEBOOKS['plain'])} again to renew it.")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -233,7 +233,7 @@ class RunRecord:
         missing = [p.name for p in files or (self.history_file, self.predictions_file, self.meta_file) if not p.is_file()]
         if missing:
             raise MissingRunError(f"Run record {self.folder} is incomplete (missing {', '.join(missing)}). "
-                                  f"Run notebooks/{PRODUCER.get(self.engine, PRODUCER['plain'])} first.")
+                                  f"Run notebooks/{ENGINE_NOTEBOOKS.get(self.engine, ENGINE_NOTEBOOKS['plain'])} first.")
         return self
 
     @cached_property
@@ -279,8 +279,8 @@ def pick_dataset(runs_dir: Path, wanted: str | None = None) -> str:
     """``wanted`` if it has records, else the dataset trained most recently; a clear error when there is none."""
     found = datasets_with_records(runs_dir)
     if not found:
-        raise MissingRunError(f"No run records under {runs_dir}. Run notebooks/{PRODUCER['plain']} (and "
-                              f"{PRODUCER['ignite']}, {PRODUCER['lightning']}) first.")
+        raise MissingRunError(f"No run records under {runs_dir}. Run notebooks/{ENGINE_NOTEBOOKS['plain']} (and "
+                              f"{ENGINE_NOTEBOOKS['ignite']}, {ENGINE_NOTEBOOKS['lightning']}) first.")
     return wanted if wanted in found else found[-1]
 
 

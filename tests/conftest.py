@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from common.demo_data import make_demo_dataset
-from common.records import ENGINES, INITS, RunMeta, RunRecord
+from common.records import ENGINE_NOTEBOOKS, ENGINES, INITS, RunMeta, RunRecord
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}
 # A tiny, fast configuration for running the engine notebooks in tests.
 TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12", TL_EPOCHS="2",
             TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random", TL_PROGRESS="off")

@@ -8,7 +8,7 @@ import re
 import nbformat
 import numpy as np
 import pytest
-from conftest import NOTEBOOKS, TINY, TWO_STAGE, things_to_try
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TINY, TWO_STAGE, things_to_try
 
 from common import loop
 from common.config import load_config
@@ -81,7 +81,7 @@ def test_one_concept_table_everywhere():
     assert rows == ["data", "device", "precision and scaler", "step", "evaluation", "metrics", "schedule",
                     "gradient clipping", "two stages", "several devices", "checkpointing", "early stopping", "resume",
                     "progress bar", "logging", "timing"]
-    for name in ("01_plain_pytorch.ipynb", "02_ignite.ipynb", "03_lightning.ipynb"):
+    for name in ENGINE_NOTEBOOKS.values():
         cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
         text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown") + "\n\n"
         assert _concept_table(text) == readme, name

@@ -88,6 +88,14 @@ def test_no_file_name_of_the_record_is_spelled_outside_its_module():
     assert owner.read_text().count('"best.pt"') == 1 and not offenders, offenders
 
 
+def test_the_engine_to_notebook_map_is_spelled_once():
+    """Which notebook writes each engine's records lives in records.ENGINE_NOTEBOOKS alone."""
+    places = [*ROOT.glob("common/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"), ROOT / "scripts" / "gpu_check.sh"]
+    names = [f'"{n}.ipynb"' for n in ("01_plain_pytorch", "02_ignite", "03_lightning")]
+    spelled = [p.relative_to(ROOT).as_posix() for p in places if all(n in p.read_text() for n in names)]
+    assert spelled == ["common/records.py"]
+
+
 def test_dataframe_attrs_are_not_used():
     places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("tests/*.py")]
     assert not [p.name for p in places if p != Path(__file__) and ".attrs" in p.read_text()]
