@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from .datasets import ImageListDataset
-from .records import RunMeta
+from .records import EpochRow, RunMeta
 from .training import SCHEDULE_INTERVAL, epoch_line, finish_run, start_run
 
 
@@ -117,7 +117,7 @@ def train_head_on_features(cfg, data, name: str = "head-cached", engine: str = "
         val_loss, val_acc = head_evaluate(run, *cached["validation"])
         if SCHEDULE_INTERVAL[cfg.schedule] == "epoch":
             run.scheduler.step()
-        row = dict(epoch=epoch, stage=1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+        row = EpochRow(epoch=epoch, stage=1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                    lr=lr, epoch_seconds=time.perf_counter() - start)
         history.append(row)
         print(epoch_line(name, row))

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .datasets import DataBundle
-from .records import RunMeta
+from .records import EpochRow, RunMeta
 from .resume import resume_or_start, save_resume_point
 from .training import SCHEDULE_INTERVAL, TrainingRun, enter_stage, epoch_line, finish_run, start_run
 
@@ -65,7 +65,7 @@ def evaluate(run: TrainingRun, loader, criterion) -> tuple[float, float]:
     return (total_loss / seen).item(), (correct / seen).item()
 
 
-def fit(run: TrainingRun) -> list[dict]:
+def fit(run: TrainingRun) -> list[EpochRow]:
     """Every epoch of the run (resuming after a disconnect), its stages entered at their first epoch; the history."""
     criterion = torch.nn.CrossEntropyLoss()
     progress = resume_or_start(run)
@@ -81,7 +81,7 @@ def fit(run: TrainingRun) -> list[dict]:
         val_loss, val_acc = evaluate(run, run.loaders["validation"], criterion)
         if SCHEDULE_INTERVAL[run.cfg.schedule] == "epoch":
             run.scheduler.step()
-        row = dict(epoch=epoch, stage=run.stage.number, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+        row = EpochRow(epoch=epoch, stage=run.stage.number, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                    val_acc=val_acc, lr=lr, epoch_seconds=time.perf_counter() - start)
         improved = progress.record(row)
         if run.is_main:

@@ -22,12 +22,27 @@ import pandas as pd
 
 from .io import load_state, read_csv_as_text, save_state, write_csv_atomic, write_text_atomic
 
-HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 ENGINES = ("plain", "ignite", "lightning")
 INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
 ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}  # who writes each engine's records
 SCHEMA_VERSION = 3  # 3: stages (two-stage fine-tuning) in the meta, a stage column in the history
 FIGURES = "figures"
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch of a run: a row of its history, written alike by every engine (``history.csv``)."""
+    epoch: int  # counted from 1
+    stage: int  # 1, or 2 after a two-stage run's boundary
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float  # the head's learning rate at the epoch's start
+    epoch_seconds: float  # training and validation, wall clock
+
+
+HISTORY_COLUMNS = [f.name for f in dataclasses.fields(EpochRow)]
 
 
 class MissingRunError(FileNotFoundError):
@@ -199,13 +214,10 @@ class RunRecord:
             stale.unlink(missing_ok=True)
         self.__dict__.pop("history", None), self.__dict__.pop("predictions", None), self.__dict__.pop("meta", None)
 
-    def write_history(self, rows: list[dict]) -> pd.DataFrame:
-        df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=HISTORY_COLUMNS)
-        missing = set(HISTORY_COLUMNS) - set(df.columns)
-        if missing:
-            raise ValueError(f"History rows lack {sorted(missing)}; every engine must record {HISTORY_COLUMNS}.")
-        write_csv_atomic(self.history_file, df[HISTORY_COLUMNS])
-        return df[HISTORY_COLUMNS]
+    def write_history(self, rows: list[EpochRow]) -> pd.DataFrame:
+        df = pd.DataFrame([dataclasses.asdict(row) for row in rows], columns=HISTORY_COLUMNS)
+        write_csv_atomic(self.history_file, df)
+        return df
 
     def write_predictions(self, df: pd.DataFrame) -> None:
         write_csv_atomic(self.predictions_file, df)

@@ -6,12 +6,14 @@ A resume point made under other settings, or one that cannot be read, is never u
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from .config import Config
 from .io import load_state, save_state
+from .records import EpochRow
 from .training import TrainingRun, enter_stage
 
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
@@ -42,11 +44,11 @@ class RunProgress:
         """Epochs completed."""
         return len(self.history)
 
-    def record(self, row: dict) -> bool:
+    def record(self, row: EpochRow) -> bool:
         """Append an epoch's row; True when its validation accuracy is a new best."""
         self.history.append(row)
-        improved = row["val_acc"] > self.best_val_acc
-        self.best_val_acc = max(self.best_val_acc, row["val_acc"])
+        improved = row.val_acc > self.best_val_acc
+        self.best_val_acc = max(self.best_val_acc, row.val_acc)
         return improved
 
     def finished(self, cfg: Config) -> bool:
@@ -56,19 +58,20 @@ class RunProgress:
     def epochs_since_best(self) -> int:
         if not self.history:
             return 0
-        accs = [r["val_acc"] for r in self.history]
+        accs = [r.val_acc for r in self.history]
         return len(accs) - 1 - accs.index(max(accs))
 
     def state_dict(self) -> dict:
         # This process's GPU generator only (each process draws on its own device; their sequences are alike).
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        return dict(key=self.key, history=list(self.history), best_val_acc=self.best_val_acc,
+        # Rows as plain dicts: checkpoints load with weights_only=True, which unpickles no class of ours.
+        return dict(key=self.key, history=[dataclasses.asdict(row) for row in self.history], best_val_acc=self.best_val_acc,
                     rng=torch.get_rng_state(), cuda_rng=[torch.cuda.get_rng_state()] if cuda else [])
 
     def load_state_dict(self, state: dict) -> None:
         if state["key"] != self.key:
             raise ValueError("resume point made with other settings")
-        self.history, self.best_val_acc = list(state["history"]), float(state["best_val_acc"])
+        self.history, self.best_val_acc = [EpochRow(**row) for row in state["history"]], float(state["best_val_acc"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"][0])

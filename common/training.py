@@ -22,7 +22,7 @@ from .datasets import DataBundle, cache_decoded_images, make_loaders
 from .evaluation import accuracy, predict, topk_accuracy
 from .model import (WeightsInfo, build_model, load_backbone, parameter_summary, resolve_mode, trainable_blocks,
                     trainable_parameters)
-from .records import RunMeta, RunRecord, predictions_frame
+from .records import EpochRow, RunMeta, RunRecord, predictions_frame
 from .runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_precision,
                       seed_everything)
 
@@ -126,10 +126,10 @@ class TrainingRun:
         return {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.precision, "32-true")
 
 
-def epoch_line(init: str, row: dict) -> str:
+def epoch_line(init: str, row: EpochRow) -> str:
     """One line per epoch, the same in every engine."""
-    return (f"{init:>8} epoch {row['epoch']}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
-            f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | {row['epoch_seconds']:.1f} s")
+    return (f"{init:>8} epoch {row.epoch}: train loss {row.train_loss:.3f} acc {row.train_acc:.3f} | "
+            f"val loss {row.val_loss:.3f} acc {row.val_acc:.3f} | {row.epoch_seconds:.1f} s")
 
 
 SCHEDULE_INTERVAL = {"cosine": "epoch", "onecycle": "step"}  # when each schedule steps: after every epoch, or batch
@@ -282,7 +282,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
                     rank=rank or 0, world=world, net=net)
 
 
-def finish_run(run: TrainingRun, history: list[dict], best_state: dict, extra: dict | None = None) -> RunMeta:
+def finish_run(run: TrainingRun, history: list[EpochRow], best_state: dict, extra: dict | None = None) -> RunMeta:
     """Close a run: keep the model's current (last epoch's) weights as the record's last checkpoint, load
     ``best_state`` (chosen on validation) as its best, evaluate that once on test, write the record."""
     cfg, data, model, record = run.cfg, run.data, run.model, run.record

@@ -1,4 +1,5 @@
 """The run record: one type names every file, the metadata is typed and versioned, writes are atomic."""
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,14 +13,23 @@ from common import records as R
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_history_must_have_every_column(tmp_path):
+def test_history_rows_are_one_type_with_every_column(tmp_path):
     record = R.RunRecord(tmp_path)
-    with pytest.raises(ValueError, match="val_acc"):
-        record.write_history([dict(epoch=1, train_loss=1.0)])
-    rows = [dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0, extra=1)]
+    with pytest.raises(TypeError, match="val_acc"):
+        R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, lr=1e-3, epoch_seconds=2.0)
+    rows = [R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0)]
     df = record.write_history(rows)
     assert list(df.columns) == R.HISTORY_COLUMNS and list(record.history.columns) == R.HISTORY_COLUMNS
+    assert record.history.iloc[0].to_dict() == pytest.approx(dataclasses.asdict(rows[0]))
+    assert list(record.write_history([]).columns) == R.HISTORY_COLUMNS  # a run stopped before its first epoch
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_no_history_key_is_spelled_outside_the_row_type():
+    """Engines, loops and readers build EpochRow: a key such as epoch_seconds= is written in records.py alone."""
+    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb")]
+    spelled = sorted(p.name for p in places if re.search(r'\bdict\(epoch=|["\']epoch_seconds["\']\s*:', p.read_text()))
+    assert spelled == []
 
 
 def test_predictions_keep_topk_in_order():
@@ -117,7 +127,7 @@ def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     whole = Manifest.load(data.full_manifest_path)
     assert whole.counts()["train"].min() > 4  # the caps bind
     run = start_run(cfg, data, "plain", "scratch")
-    row = dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
+    row = R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
     finish_run(run, [row], run.model.state_dict())
     record = R.RunRecord.at(cfg.runs_dir, "demo", "plain", "scratch")
     assert record.meta.train_counts().eq(4).all() and len(record.meta.train_counts()) == 6

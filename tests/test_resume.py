@@ -15,7 +15,7 @@ from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TWO_STAGE, tiny_env
 
 from common.config import load_config
 from common.datasets import prepare_data
-from common.records import RunRecord
+from common.records import EpochRow, RunRecord
 from common.resume import RunProgress, read_resume_point, save_resume_point
 from common.training import start_run
 
@@ -80,10 +80,10 @@ def tiny_run(tiny_base, tmp_path):
 
 def test_a_checkpoint_cut_short_is_never_trusted(tiny_run, capsys):
     progress = RunProgress(tiny_run)
-    progress.record(dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
+    progress.record(EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0))
     save_resume_point(tiny_run, progress)
     path = tiny_run.record.resume
-    assert read_resume_point(tiny_run, path)["progress"]["history"] == progress.history
+    assert [EpochRow(**row) for row in read_resume_point(tiny_run, path)["progress"]["history"]] == progress.history
     assert not list(tiny_run.record.folder.glob(".*.tmp"))  # written through a temporary file, then renamed
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a kill mid-write of a non-atomic saver
     assert read_resume_point(tiny_run, path) is None

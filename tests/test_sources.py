@@ -289,6 +289,7 @@ def test_a_weights_download_goes_to_data_weights_not_the_home_cache(tmp_path, mo
 
 def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
     from common.datasets import prepare_data
+    from common.records import EpochRow
     from common.training import finish_run, start_run
     home = tmp_path / "home"
     home.mkdir()
@@ -298,7 +299,7 @@ def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
     cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
                       data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
     run = start_run(cfg, prepare_data(cfg), "plain", "transfer")
-    finish_run(run, [dict(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
-                          epoch_seconds=1.0)], run.model.state_dict())
+    finish_run(run, [EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+                              epoch_seconds=1.0)], run.model.state_dict())
     assert list(home.rglob("*")) == []
     assert {p.name for p in tmp_path.iterdir()} - {"mpl"} == {"data", "home", "runs"}
