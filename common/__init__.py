@@ -20,4 +20,10 @@ are used:
 * ``compare``: comparisons across run records, engine agreement;
 * ``plots``: figures.
 """
+import os
+
+# Before anything imports torch.cuda: torch.cuda.is_available() then asks NVML rather than the CUDA runtime, whose
+# first call leaves every process forked from the notebook (several devices) unable to use CUDA (torch's docstring).
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
 __version__ = "0.2.0"

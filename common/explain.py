@@ -12,25 +12,30 @@ import torch
 from torch import nn
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, target, layer: nn.Module | None = None) -> torch.Tensor:
+def gradcam(model: nn.Module, images: torch.Tensor, target, layer: nn.Module | None = None,
+            batch_size: int = 32) -> torch.Tensor:
     """Grad-CAM of ``target`` (class indices) at ``layer`` (default ``model.layer4``), ReLU'd, upsampled to
-    the images' size and scaled to [0, 1] per image: (N, H, W).
+    the images' size and scaled to [0, 1] per image: (N, H, W), on the CPU.
 
     The model is put in eval mode (dropout off, BatchNorm fixed) and the forward runs with grad enabled,
     which Grad-CAM needs: a frozen trunk still runs without autograd, but ``layer4`` trains in both the
-    transfer and the scratch model, so its output has gradients."""
+    transfer and the scratch model, so its output has gradients. Computed where the model is, ``batch_size``
+    images at a time (a whole test split at once would not fit on a T4)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     model.eval()
-    images = images.to(next(model.parameters()).device)  # on a GPU where the model is
+    device = next(model.parameters()).device
     targets = torch.as_tensor(target).reshape(-1).expand(len(images)).tolist()  # one class, or one per image
-    with torch.enable_grad():
-        maps = LayerGradCam(model, layer if layer is not None else model.layer4).attribute(
-            images, target=targets, relu_attributions=True)
-    maps = LayerAttribution.interpolate(maps.detach(), tuple(images.shape[-2:]), interpolate_mode="bilinear")
-    maps = maps[:, 0].clamp(min=0)
+    explainer = LayerGradCam(model, layer if layer is not None else model.layer4)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size].to(device)
+        with torch.enable_grad():
+            maps = explainer.attribute(chunk, target=targets[start:start + batch_size], relu_attributions=True)
+        parts.append(LayerAttribution.interpolate(maps.detach(), tuple(chunk.shape[-2:]), interpolate_mode="bilinear").cpu())
+    maps = torch.cat(parts)[:, 0].clamp(min=0)
     peak = maps.flatten(1).amax(1).clamp(min=1e-12)
-    return (maps / peak[:, None, None]).cpu()
+    return maps / peak[:, None, None]
 
 
 def box_mass(heatmap, box) -> tuple[float, float]:

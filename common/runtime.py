@@ -10,13 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-# torch.cuda.is_available() asks the CUDA runtime by default, after which a process forked from this one cannot use
-# CUDA (every several-device run forks from the notebook). With this set, it asks NVML instead, which leaves fork
-# possible (torch's docstring). Set before anything here asks; Lightning sets it too, but only once imported.
-os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 KAGGLE_INPUT = Path("/kaggle/input")  # where Kaggle mounts a notebook's attached datasets and models
 _SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "testing")
@@ -101,9 +96,9 @@ def _nvml_gpus() -> list[tuple[str, tuple[int, int]]] | None:
     import ctypes
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return None
-    if nvml.nvmlInit_v2() != 0:
+        if nvml.nvmlInit_v2() != 0:
+            return None
+    except (OSError, AttributeError):  # no NVIDIA driver, or one too old for these calls
         return None
     try:
         count = ctypes.c_uint()
@@ -119,6 +114,8 @@ def _nvml_gpus() -> list[tuple[str, tuple[int, int]]] | None:
                 return None
             found.append((name.value.decode(errors="replace"), (major.value, minor.value)))
         return found
+    except AttributeError:
+        return None
     finally:
         nvml.nvmlShutdown()
 
@@ -207,6 +204,11 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
         loud(f"FALLBACK: devices={devices!r}, but several processes are started by fork from the notebook, which "
              f"{platform.system()} notebooks do not offer safely. Training on ONE device. To use several, run the "
              "training as a script under torchrun on Linux (README, 'Several devices').")
+        return 1
+    if gpus and visible_gpus().capabilities is None and not torch.cuda.is_initialized():
+        loud(f"FALLBACK: devices={devices!r}, but the driver's NVML library did not answer, so counting the GPUs "
+             "went through the CUDA runtime, after which forked processes cannot use CUDA. Training on ONE device. "
+             "To use all GPUs, run the training as a script under torchrun (README, 'Several devices').")
         return 1
     if gpus and torch.cuda.is_initialized():
         loud(f"FALLBACK: devices={devices!r}, but CUDA is already initialised in this kernel (something ran on the "

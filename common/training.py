@@ -244,7 +244,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     BatchNorm is synchronised across them. With ``world`` > 1 and no ``rank``, this is the notebook's own copy
     before it forks: it stays on the CPU, and nothing here touches CUDA (a kernel that did can no longer fork)."""
     seed_everything(cfg.seed)
-    if cfg.deterministic:  # cuBLAS reads this when CUDA starts: deterministic matrix products need it (as Lightning sets)
+    if cfg.deterministic:  # read when the first cuBLAS handle is made: deterministic matrix products need it (as Lightning sets)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # The same kernel choices for every engine: autotuned cuDNN by default, repeatable kernels on request.
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)

@@ -8,18 +8,23 @@
 #   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh   # notebooks and checks only, no benchmarks (about 10 minutes)
 #
 # On Colab or Kaggle, in a terminal or a cell (`!bash scripts/gpu_check.sh`) from the repository's folder; it
-# uses the runtime's own torch (colab_setup.sh installs the rest) and never the network beyond what that does.
+# uses the runtime's own torch (colab_setup.sh installs the rest). With internet, the ImageNet weights are
+# downloaded once (TL_WEIGHTS=auto; without, random weights, loudly). Exits 1 if any step failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${GPU_CHECK_DIR:-$PWD/runs/gpu-check}
-rm -rf "$OUT"; mkdir -p "$OUT/notebooks"
-if [ -x .venv/bin/python ] || ! python3 -c "import torch" 2>/dev/null; then  # a local clone: the suite's venv
-  bash scripts/setup.sh >"$OUT/setup.log" 2>&1
-  PY=.venv/bin/python
-else  # Colab, Kaggle: the runtime's own torch, the rest installed beside it
-  bash colab_setup.sh >"$OUT/setup.log" 2>&1
-  PY=python3
+OUT=$(realpath -m "${GPU_CHECK_DIR:-runs/gpu-check}")
+if [ -e "$OUT" ] && [ ! -f "$OUT/summary.txt" ]; then
+  echo "$OUT exists and is not an earlier GPU check's folder: choose another GPU_CHECK_DIR." >&2; exit 2
 fi
+rm -rf "$OUT"; mkdir -p "$OUT/notebooks"
+if [ -d /content ] || [ -d /kaggle/working ]; then  # Colab, Kaggle: the runtime's own torch, the rest beside it
+  bash colab_setup.sh >"$OUT/setup.log" 2>&1 || { echo "set-up failed: see $OUT/setup.log" >&2; exit 1; }
+  PY=python3
+else  # a clone: the suite's .venv
+  bash scripts/setup.sh >"$OUT/setup.log" 2>&1 || { echo "set-up failed: see $OUT/setup.log" >&2; exit 1; }
+  PY=.venv/bin/python
+fi
+FAILED=0
 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" \
   || { echo "No CUDA GPU visible: this script checks what only a GPU can run." >&2; exit 2; }
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
@@ -31,7 +36,7 @@ DATA=$("$PY" -c "
 import sys; sys.path.insert(0, 'benchmarks')
 from pathlib import Path
 from speed import synthetic_dataset
-print(synthetic_dataset(Path('$OUT'), 60))")
+print(synthetic_dataset(Path(sys.argv[1]), 60))" "$OUT")
 export TL_DATASET="$DATA" TL_BUDGET=full TL_EPOCHS=3 TL_WEIGHTS=auto TL_RUNS_DIR="$OUT/runs" TL_DATA_DIR="$OUT/data" \
        TL_PROGRESS=off MPLBACKEND=Agg
 
@@ -43,7 +48,19 @@ run_nb() {  # run_nb NOTEBOOK NAME [VAR=VALUE ...]: execute in a fresh kernel, k
     echo "ok    $name ($(( $(date +%s) - start )) s)" | tee -a "$OUT/summary.txt"
   else
     echo "FAIL  $name: see $OUT/$name.log" | tee -a "$OUT/summary.txt"
+    FAILED=$((FAILED + 1))
   fi
+}
+
+bench() {  # bench TITLE COMMAND...: one benchmark, its table into the summary; a failure is counted, not fatal
+  local title=$1; shift
+  echo "== $(date +%T) $title" | tee -a "$OUT/summary.txt"
+  if ! "$@" >"$OUT/bench.log" 2>&1; then
+    echo "FAIL  $title: see $OUT/$title.log" | tee -a "$OUT/summary.txt"
+    FAILED=$((FAILED + 1))
+  fi
+  cat "$OUT/bench.log" >>"$OUT/summary.txt"
+  mv "$OUT/bench.log" "$OUT/$title.log"
 }
 
 # 1. Every notebook on the GPU, in order (06 then checks the reloaded model against GPU-made records).
@@ -62,7 +79,7 @@ if [ "$GPUS" -ge 2 ]; then  # NCCL, SyncBatchNorm, one GPU per rank, precision p
     run_nb "notebooks/$nb.ipynb" "${nb}_all_gpus" TL_DEVICES=auto TL_PROGRESS=on TL_RUNS_DIR="$OUT/runs-all-gpus"
   done
 fi
-"$PY" - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt"
+"$PY" - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt" || FAILED=$((FAILED + 1))
 import json, re, sys
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -84,20 +101,16 @@ for runs in sorted(out.glob("runs*")):
             m = record.meta
             print(f"{runs.name:>18} {engine:>9}/{init:<8} device {m.device:<7} precision {m.precision:<5} "
                   f"processes {m.world_size}  test acc {m.test_acc:.3f}  epoch {record.history['epoch_seconds'].median():.1f} s")
+sys.exit(1 if bad or any(forks.values()) else 0)
 EOF
 
 # 3. The benchmarks at GPU sizes (their tables are the README's GPU figures).
 if [ -z "${GPU_CHECK_QUICK:-}" ]; then
-  echo "== $(date +%T) benchmarks/speed.py" | tee -a "$OUT/summary.txt"
-  "$PY" benchmarks/speed.py --images-per-class 200 --image-size 224 --batch-size 64 --epochs 4 2>&1 | tee -a "$OUT/summary.txt"
-  echo "== $(date +%T) speed.py with mixed precision and channels_last off" | tee -a "$OUT/summary.txt"
-  TL_PRECISION=fp32 TL_CHANNELS_LAST=off "$PY" benchmarks/speed.py --images-per-class 200 --image-size 224 \
-    --batch-size 64 --epochs 4 --engines plain 2>&1 | tee -a "$OUT/summary.txt"
-  echo "== $(date +%T) benchmarks/unfreeze_speed.py" | tee -a "$OUT/summary.txt"
-  "$PY" benchmarks/unfreeze_speed.py --images-per-class 100 --image-size 224 --batch-size 64 2>&1 | tee -a "$OUT/summary.txt"
-  if [ "$GPUS" -ge 2 ]; then
-    echo "== $(date +%T) benchmarks/parallel_speed.py" | tee -a "$OUT/summary.txt"
-    "$PY" benchmarks/parallel_speed.py 2>&1 | tee -a "$OUT/summary.txt"
-  fi
+  GPU_SIZES=(--images-per-class 200 --image-size 224 --batch-size 64 --epochs 4)
+  bench speed "$PY" benchmarks/speed.py "${GPU_SIZES[@]}"
+  bench speed-fp32-nchw env TL_PRECISION=fp32 TL_CHANNELS_LAST=off "$PY" benchmarks/speed.py "${GPU_SIZES[@]}" --engines plain
+  bench unfreeze_speed "$PY" benchmarks/unfreeze_speed.py --images-per-class 100 --image-size 224 --batch-size 64
+  if [ "$GPUS" -ge 2 ]; then bench parallel_speed "$PY" benchmarks/parallel_speed.py; fi
 fi
-echo "== $(date +%T) done: $OUT/summary.txt ($LABEL)" | tee -a "$OUT/summary.txt"
+echo "== $(date +%T) done, $FAILED step(s) failed: $OUT/summary.txt ($LABEL)" | tee -a "$OUT/summary.txt"
+[ "$FAILED" -eq 0 ]

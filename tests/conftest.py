@@ -29,15 +29,17 @@ def tiny_env(base: Path, runs: Path | None = None) -> dict:
                 MPLBACKEND="Agg")
 
 
-def run_notebook(nb, env: dict):
+def run_notebook(nb, env: dict, kernel_log=None):
     """Execute a notebook (a path or a NotebookNode) in a fresh kernel with ``env``, as nbmake would; return it
-    with its outputs."""
+    with its outputs. ``kernel_log``: an open file for the kernel process's own stderr (ipykernel's warnings,
+    which no cell shows)."""
     import nbformat
     from nbclient import NotebookClient
 
     if not isinstance(nb, nbformat.NotebookNode):
         nb = nbformat.read(NOTEBOOKS / nb, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(
+        env=env, **({"stderr": kernel_log} if kernel_log else {}))
     return nb
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS
 
-from common import runtime
+from common import config, runtime
 from common.config import auto_budget, load_config
 from common.datasets import prepare_data
 from common.resume import resume_key
@@ -48,6 +48,7 @@ def gpu_machine(monkeypatch):
             raise CudaInitialised("this call initialises CUDA before the processes are forked")
 
         monkeypatch.setattr(runtime, "visible_gpus", visible)
+        monkeypatch.setattr(config, "visible_gpus", visible)  # imported by name there (budget auto)
         # What Ignite and Lightning ask: NVML-based in real torch (PYTORCH_NVML_BASED_CUDA_CHECK=1), so no init.
         monkeypatch.setattr(torch.cuda, "is_available", lambda: visible().count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: visible().count)
@@ -96,6 +97,13 @@ def test_every_process_and_engine_gets_one_precision_for_the_machine(gpu_machine
     assert runtime.resolve_channels_last(cfg.channels_last, cuda) is channels_last  # a P100 has no tensor cores
 
 
+def test_where_nvml_cannot_answer_one_device_is_used_loudly(gpu_machine, monkeypatch, capsys):
+    """Without NVML, torch counts the GPUs through the CUDA runtime, after which forked processes cannot use CUDA."""
+    gpu_machine(T4, T4)
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: runtime.Gpus(("GPU",) * 2))
+    assert runtime.resolve_devices("auto") == 1 and "NVML" in capsys.readouterr().out
+
+
 def test_each_process_gets_its_own_gpu_and_cpu_processes_none(gpu_machine, tiny_base, tmp_path):
     set_devices = gpu_machine(T4, T4)
     cfg = tiny_config(tiny_base, tmp_path)
@@ -140,7 +148,8 @@ def test_a_resume_point_names_the_precision_it_was_made_with(gpu_machine, tiny_b
 
 
 def test_deterministic_runs_set_cublas_workspace_before_cuda_starts(monkeypatch, tiny_base, tmp_path):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the test's end restores what was there
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     cfg = tiny_config(tiny_base, tmp_path, deterministic=True)
     start_run(cfg, prepare_data(cfg), "plain", "transfer")
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -4,10 +4,12 @@ classes are named by numbers (folders 0, 1, 2, 001, 2019, NA). 01 trains, then 0
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import run_notebook, tiny_env
 from test_lessons import NOISE, _texts
 
 from common.demo_data import make_demo_dataset
+from common.inference import TOLERANCE, Reproduction, check_reproduction, load_model, reproduce_test
 from common.records import INITS, RunRecord
 
 CLASSES = ("0", "1", "2", "001", "2019", "NA")
@@ -44,3 +46,15 @@ def test_06_reproduces_the_bf16_record_like_with_like(bf16_numbered):
     for init in INITS:
         assert f"{init}: " in printed
     assert printed.count("made on the CPU in bf16, recomputed the same way") == 2 and "NOT the same" not in printed
+
+
+def test_the_bf16_tolerance_passes_the_model_in_fp32_and_fails_other_weights(bf16_numbered):
+    """What 06 does with a GPU's bf16 record on a machine without that GPU: fp32 on the CPU, within TOLERANCE."""
+    _, records = bf16_numbered
+    record = records["transfer"]
+    plan = Reproduction(torch.device("cpu"), "fp32", TOLERANCE["bf16"], "bf16 against fp32")
+    model, info = load_model(record)
+    assert check_reproduction(record.predictions, reproduce_test(model, info, record.predictions, plan), plan).ok
+    with torch.no_grad():
+        model.head.weight.add_(torch.randn_like(model.head.weight))
+    assert not check_reproduction(record.predictions, reproduce_test(model, info, record.predictions, plan), plan).ok
