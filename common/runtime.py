@@ -272,5 +272,5 @@ def describe_devices(devices: str | int, device: str = "auto") -> str:
         return (f"Training on one of this machine's {gpus} GPUs (devices={devices!r}); load_config(devices='auto') "
                 "trains on all of them (set it in the first configuration cell, before anything runs on a GPU).")
     where = "one GPU" if gpus else "no GPU"
-    return (f"Training in one process: this machine has {where}, so there is nothing to spread over "
-            "(devices=2, device='cpu' would start two CPU processes, to see how it works: see the things to try).")
+    return (f"Training in one process (devices={devices!r}; this machine has {where}). To watch two CPU processes "
+            "share every batch: load_config(devices=2, device=\"cpu\") (things to try).")

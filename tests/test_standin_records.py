@@ -45,7 +45,7 @@ def test_06_reproduces_the_bf16_record_like_with_like(bf16_numbered):
     printed = "".join(text for cell in executed["06_use_the_model.ipynb"].cells for kind, text in _texts(cell))
     for init in INITS:
         assert f"{init}: " in printed
-    assert printed.count("the same model: ") == 2 and printed.count("made on the CPU in bf16, recomputed the same way") == 2
+    assert printed.count("predictions reproduced: ") == 2 and printed.count("made on the CPU in bf16, recomputed the same way") == 2
 
 
 def test_the_bf16_tolerance_passes_the_model_in_fp32_and_fails_other_weights(bf16_numbered):
