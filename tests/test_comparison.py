@@ -12,7 +12,7 @@ from common import compare as C
 from common import evaluation as E
 from common import plots as P
 from common.compare import agreement_table, assert_engines_agree
-from common.records import RunRecord
+from common.records import EpochRow, RunRecord
 
 CLASSES = ["a", "b", "c"]
 
@@ -33,7 +33,7 @@ def _history(val_acc, seconds, loss=1.0):
 def _record(runs_dir, engine, init, history, preds, trainable, **meta):
     """A run record written to disk through the real type, with a plausible meta."""
     record = RunRecord.at(runs_dir, "toy", engine, init)
-    record.write_history(history.to_dict("records"))
+    record.write_history([EpochRow(**row) for row in history.to_dict("records")])
     record.write_predictions(preds)
     meta = dict(dict(weights_source="imagenet" if init == "transfer" else "random"), **meta)
     record.write_meta(make_meta(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()),
