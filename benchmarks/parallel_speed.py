@@ -61,7 +61,7 @@ def main() -> None:
     import torch
     from speed import run_engines, steady, synthetic_dataset
 
-    from common.records import ENGINE_NOTEBOOKS, RunRecord
+    from common.results.records import ENGINE_NOTEBOOKS, RunRecord
 
     work = Path(tempfile.mkdtemp(prefix="tl-parallel-"))
     root = synthetic_dataset(work, args.images_per_class)

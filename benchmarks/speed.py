@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def synthetic_dataset(folder: Path, per_class: int) -> Path:
-    from common.demo_data import CLASSES, make_demo_dataset
+    from common.data.demo import CLASSES, make_demo_dataset
     names = tuple(f"{CLASSES[i % len(CLASSES)]}_{i // len(CLASSES)}" for i in range(15))
     return make_demo_dataset(folder / "synthetic-vegetables", per_class, image_size=224, seed=0, classes=names)
 
@@ -58,7 +58,7 @@ def run_engines(engines: list[str], env: dict) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    from common.records import ENGINE_NOTEBOOKS
+    from common.results.records import ENGINE_NOTEBOOKS
     for engine in engines:
         nb = nbformat.read(ROOT / "notebooks" / ENGINE_NOTEBOOKS[engine], as_version=4)
         start = time.perf_counter()
@@ -78,7 +78,7 @@ def tensors_only_epoch(cfg, data, init: str, epochs: int) -> float:
     import dataclasses
 
     import torch
-    from common.training import start_run
+    from common.train.run import start_run
 
     run = start_run(dataclasses.replace(cfg, cache_images=False), data, "bench", init)  # no loader is used here
     n_train = len(run.loaders["train"]) * cfg.batch_size
@@ -113,7 +113,7 @@ def loader_only_epoch(cfg, data, epochs: int) -> float:
     """The input pipeline alone: one epoch of the training and validation loaders, batches copied
     to the device, no model. Its images/s is the most any training loop can reach with this loader."""
     import torch
-    from common.datasets import make_loaders
+    from common.data.datasets import make_loaders
     from common.runtime import pick_device
 
     device = pick_device(cfg.device)
@@ -136,8 +136,8 @@ def main() -> None:
     import torch
 
     from common.config import load_config
-    from common.datasets import cache_fits, prepare_data
-    from common.records import RunRecord
+    from common.data.datasets import cache_fits, prepare_data
+    from common.results.records import RunRecord
     from common.runtime import pick_device, resolve_channels_last, resolve_precision
 
     work = Path(tempfile.mkdtemp(prefix="tl-speed-"))

@@ -58,9 +58,9 @@ def time_mode(mode: str, cfg, data, epochs: int) -> tuple[float, float | None, i
     import dataclasses
 
     import torch
-    from common.features import cache_features, head_epoch
-    from common.model import parameter_summary
-    from common.training import start_run
+    from common.train.features import cache_features, head_epoch
+    from common.model.resnet import parameter_summary
+    from common.train.run import start_run
 
     init = "scratch" if mode == "scratch" else "transfer"
     trainable = "head" if mode.startswith("head") else ("layer4" if mode == "scratch" else mode)
@@ -88,7 +88,7 @@ def main() -> None:
     os.environ.setdefault("TL_PROGRESS", "off")
     import torch
     from common.config import load_config
-    from common.datasets import prepare_data
+    from common.data.datasets import prepare_data
     from common.runtime import pick_device
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from speed import synthetic_dataset

@@ -1,24 +1,20 @@
-"""Shared code for the transfer-learning tutorial notebooks, one module per role.
+"""Shared code for the transfer-learning tutorial notebooks, in sub-packages by role.
 
-Importing ``common`` is cheap and never imports Ignite or Lightning; import the modules where they
-are used:
+Importing ``common`` is cheap and never imports Ignite or Lightning; import the modules where they are used.
+At the top, what every role reads: ``config`` (the configuration, ``load_config``, read in one place),
+``runtime`` (platform, devices, precision, workers, seeding, versions, the loud banner) and ``io`` (atomic
+writes, disk-full messages). Then, in the order a run goes through them:
 
-* ``config``: the configuration (``load_config``), read in one place;
-* ``runtime``: platform, device, precision, workers, seeding, library versions, the loud banner;
-* ``io``: atomic writes, folders swapped in once, disk-full messages;
-* ``sources``: where a dataset comes from (demo, Kaggle, a folder); ``demo_data``, ``archives``,
-  ``kaggle_data``: making or fetching it; ``scan``: checking its files;
-* ``split``: layouts, the seeded split and its ``Manifest``;
-* ``datasets``: the data as trained (``prepare_data``), transforms, the decode-once cache, loaders;
-* ``model``: the modified ResNet50, its weights, and how much of it trains (``TRAINABLE``);
-* ``features``: head-only training on features computed once (feature extraction done fast);
-* ``training``: what every engine shares at the start and end of a run (``TrainingRun``), optimizer groups
-  per block, schedules, clipping, unfreezing during a run;
-* ``resume``: resume points, so an interrupted run continues where it stopped;
-* ``records``: the run record (``RunRecord``, ``RunMeta``);
-* ``evaluation``: predictions and the metrics computed from them;
-* ``compare``: comparisons across run records, engine agreement;
-* ``plots``: figures.
+* ``data``: where a dataset comes from (``sources``, ``demo``, ``kaggle``, ``archives``), its files checked
+  (``scan``), its seeded split (``split``) and the data as trained (``datasets``);
+* ``model``: the modified ResNet50 and how much of it trains (``resnet``), its weights (``weights``), what a
+  training step keeps in memory (``memory``);
+* ``train``: a run's shared start and end (``run``), the plain loop (``loop``), resume points (``resume``),
+  head-only training on features computed once (``features``);
+* ``results``: the run record (``records``), metrics (``evaluation``), tables across runs (``compare``),
+  the sentences generated from them (``wording``), figures (``plots``);
+* ``use``: reload and predict (``predict``), prove the reload (``reproduce``), show answers and the upload
+  button (``show``), Grad-CAM (``explain``), export (``export``).
 """
 import os
 
@@ -26,4 +22,4 @@ import os
 # first call leaves every process forked from the notebook (several devices) unable to use CUDA (torch's docstring).
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

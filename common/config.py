@@ -17,7 +17,7 @@ import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .runtime import default_num_workers, detect_runtime, pick_device, visible_gpus
+from common.runtime import default_num_workers, detect_runtime, pick_device, visible_gpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ class Config:
                 setattr(self, name, value)
         if self.num_workers is None:
             self.num_workers = default_num_workers()
-        from .model import TRAINABLE  # imports torchvision: only when a configuration is made
+        from common.model.resnet import TRAINABLE  # imports torchvision: only when a configuration is made
         modes = [mode for mode in TRAINABLE if mode != "scratch"]  # scratch is an init, not how much a transfer run trains
         if self.trainable not in modes:
             raise ValueError(f"TL_TRAINABLE={self.trainable!r} is not one of {', '.join(modes)}: "

@@ -83,7 +83,7 @@ fi
 import json, re, sys
 from pathlib import Path
 sys.path.insert(0, ".")
-from common.records import find_records
+from common.results.records import find_records
 out = Path(sys.argv[1])
 bad = []
 for path in sorted((out / "notebooks").glob("*.ipynb")):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.demo_data import make_demo_dataset
-from common.records import ENGINE_NOTEBOOKS, ENGINES, INITS, RunMeta, RunRecord
+from common.data.demo import make_demo_dataset
+from common.results.records import ENGINE_NOTEBOOKS, ENGINES, INITS, RunMeta, RunRecord
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # A tiny, fast configuration for running the engine notebooks in tests.
@@ -65,9 +65,10 @@ def make_meta(**changes) -> RunMeta:
 @pytest.fixture(autouse=True)
 def banners_shown_afresh():
     """Each test sees the fallback banners as a fresh notebook kernel would (they show once per process)."""
-    from common import model, runtime
+    from common.model import weights
+    from common import runtime
     runtime._SHOWN_BANNERS.clear()
-    model._UNAVAILABLE.clear()
+    weights._UNAVAILABLE.clear()
 
 
 @pytest.fixture(scope="session")

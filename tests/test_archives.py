@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from common.archives import DownloadError, UnsafeArchiveError, download_url, safe_extract
+from common.data.archives import DownloadError, UnsafeArchiveError, download_url, safe_extract
 
 
 def _zip(path, members):

@@ -8,11 +8,12 @@ import pytest
 
 from conftest import make_meta
 
-from common import compare as C
-from common import evaluation as E
-from common import plots as P
-from common.compare import agreement_table, assert_engines_agree
-from common.records import EpochRow, RunRecord
+from common.results import compare as C
+from common.results import wording as Wd
+from common.results import evaluation as E
+from common.results import plots as P
+from common.results.compare import agreement_table, assert_engines_agree
+from common.results.records import EpochRow, RunRecord
 
 CLASSES = ["a", "b", "c"]
 
@@ -83,7 +84,7 @@ def test_summary_speed_ratio_and_per_class_accuracy(tmp_path):
     assert C.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
     noisy = {("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.3, 0.4, 0.5], [4, 12, 4]), p, 30)}
     assert C.speed_ratios({**runs, **noisy}).iloc[0]["transfer_over_scratch"] == 0.5  # the median ignores one slow epoch
-    assert "4.0 to 12.0 s" in C.timing_notes(noisy)[0] and C.timing_notes(runs) == []
+    assert "4.0 to 12.0 s" in Wd.timing_notes(noisy)[0] and Wd.timing_notes(runs) == []
     per_class = E.per_class_accuracy(p, runs[("plain", "transfer")].meta.train_counts())
     assert per_class.loc["c", "accuracy"] == 0.5 and per_class.loc["b", "train_images"] == 7
 
@@ -129,7 +130,7 @@ def test_the_history_figure_shows_the_schedule_and_chance():
 def test_trainable_figure_is_linear_and_shows_what_is_frozen():
     from torchvision.models import resnet50
 
-    from common.model import TransferResNet, parameter_summary
+    from common.model.resnet import TransferResNet, parameter_summary
     summary = parameter_summary(TransferResNet(resnet50(weights=None), 5))
     fig = P.plot_trainable(summary["blocks"], caption="c")
     ax = fig.axes[0]
@@ -152,16 +153,16 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
                                            weights_source="random"),
             ("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.5, 0.9], [4, 4]),
                                           _preds(["a", "b"], ["a", "b"]), 30)}
-    text = " ".join(C.what_the_runs_show(runs))
+    text = " ".join(Wd.what_the_runs_show(runs))
     assert "RANDOM weights" in text and "cannot show" in text and "predicts 'a' for 100% of the test images" in text
     assert "demo data" in text and "plain: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each" in text and "scratch did better here" in text
     assert "Chance level is 0.33" in text
     gaps = C.fit_gaps(runs)
     assert gaps.loc["plain / scratch", "acc_gap"] == pytest.approx(0.0)
-    lines = C.describe_fit(gaps.assign(train_acc=[0.35, 0.99], acc_gap=[0.0, 0.09 + 0.5 * 0.2]), chance=1 / 3)
+    lines = Wd.describe_fit(gaps.assign(train_acc=[0.35, 0.99], acc_gap=[0.0, 0.09 + 0.5 * 0.2]), chance=1 / 3)
     assert "near chance" in lines[0] and "overfitting" in lines[1] and "after epoch 2," in lines[0]
     same = {("ignite", i): _record(tmp_path, "ignite", i, runs[("plain", i)].history, runs[("plain", i)].predictions, 1,
                                    weights_source=runs[("plain", i)].meta.weights_source) for i in ("transfer", "scratch")}
-    both = " ".join(C.what_the_runs_show({**runs, **same}))  # two engines that agree are described once
+    both = " ".join(Wd.what_the_runs_show({**runs, **same}))  # two engines that agree are described once
     assert both.count("predicts 'a'") == 1 and "plain, ignite / transfer: predicts 'a'" in both
     assert "plain, ignite: transfer 50.0% vs scratch 100.0%" in both

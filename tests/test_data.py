@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common import datasets as D
-from common import split as SP
-from common.demo_data import CLASSES, make_demo_dataset
+from common.data import datasets as D
+from common.data import split as SP
+from common.data.demo import CLASSES, make_demo_dataset
 
 
 def _digest(root):
@@ -238,7 +238,7 @@ def test_the_cache_fits_only_in_a_share_of_memory(flat_root, monkeypatch):
 def test_the_augmentation_figure_shows_the_decoded_square_and_each_epoch(flat_root):
     import matplotlib
     matplotlib.use("Agg")
-    from common.plots import show_augmentations
+    from common.results.plots import show_augmentations
     fig = show_augmentations(_datasets(flat_root, seed=1)["train"], index=2, epochs=3)
     shown = [ax.images[0].get_array() for ax in fig.axes]
     assert [ax.get_title() for ax in fig.axes] == ["decoded (kept)", "epoch 1", "epoch 2", "epoch 3"]

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
 
-from common.compare import assert_engines_agree
-from common.records import INITS, RunRecord
+from common.results.compare import assert_engines_agree
+from common.results.records import INITS, RunRecord
 
 def test_engines_agree_epoch_by_epoch(engine_runs):
     table = assert_engines_agree({k: r.history for k, r in engine_runs.items()})

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from common.config import load_config
-from common.datasets import prepare_data
-from common.features import cache_features, epoch_batches, head_epoch, head_evaluate, without_augmentation
-from common.training import start_run
+from common.data.datasets import prepare_data
+from common.train.features import cache_features, epoch_batches, head_epoch, head_evaluate, without_augmentation
+from common.train.run import start_run
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ import pytest
 import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS
 
-from common import config, runtime
+from common import config
+from common import runtime
 from common.config import auto_budget, load_config
-from common.datasets import prepare_data
-from common.resume import resume_key
-from common.training import forking, run_device, start_run
+from common.data.datasets import prepare_data
+from common.train.resume import resume_key
+from common.train.run import forking, run_device, start_run
 
 T4, A100, P100 = ("Tesla T4", (7, 5)), ("NVIDIA A100-SXM4-40GB", (8, 0)), ("Tesla P100-PCIE-16GB", (6, 0))
 

@@ -2,9 +2,9 @@
 import torch
 
 from common.config import load_config
-from common.datasets import prepare_data
+from common.data.datasets import prepare_data
 from common.runtime import seed_everything
-from common.training import make_optimizer, start_run
+from common.train.run import make_optimizer, start_run
 
 
 def test_a_few_steps_on_demo_data_lower_the_loss(tmp_path):
@@ -26,7 +26,7 @@ def test_a_few_steps_on_demo_data_lower_the_loss(tmp_path):
 
 
 def test_the_optimizer_only_holds_trainable_parameters(tmp_path):
-    from common.model import build_model
+    from common.model.resnet import build_model
     seed_everything(0)
     model, _ = build_model(4, "transfer", weights="random")
     opt = make_optimizer(model, load_config(budget="smoke"))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TINY, TWO_STAGE, things_to_try
 
-from common import loop
+from common.train import loop
 from common.config import load_config
-from common.datasets import prepare_data
-from common.records import INITS, RunRecord
+from common.data.datasets import prepare_data
+from common.results.records import INITS, RunRecord
 
 COMPARED = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
@@ -96,7 +96,7 @@ def test_the_setup_cell_is_collapsed_with_a_title(name):
 
 @pytest.mark.parametrize("stages", ["one stage", "two-stage"])
 def test_common_loop_computes_what_notebook_01s_loop_computes(stages, request, tiny_base, tmp_path, monkeypatch):
-    """``common.loop`` is notebook 01's loop as a tested function (notebook 05 trains with it): same history."""
+    """``common.train.loop`` is notebook 01's loop as a tested function (notebook 05 trains with it): same history."""
     two = stages == "two-stage"
     reference = request.getfixturevalue("two_stage_runs" if two else "engine_runs")
     for name, value in {**TINY, **(TWO_STAGE if two else {})}.items():

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision.models import resnet18, resnet50
 
-from common import model as M
+from common.model import resnet as M
+from common.model import weights as W
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_frozen_trunk_runs_without_autograd(transfer):
 def test_weights_load_from_a_local_file(tmp_path):
     torch.manual_seed(1)
     reference = resnet50(weights=None)
-    path = tmp_path / M.IMAGENET_FILE
+    path = tmp_path / W.IMAGENET_FILE
     torch.save(reference.state_dict(), path)
     model, info = M.build_model(3, "transfer", weights=str(path))
     assert info.source == f"file:{path}" and info.fallback is None
@@ -88,9 +89,9 @@ def test_a_wrong_weights_file_gives_a_clear_error(tmp_path, kind):
     elif kind == "truncated":
         torch.save(resnet50(weights=None).state_dict(), path)
         path.write_bytes(path.read_bytes()[:100_000])
-    with pytest.raises(M.WeightsError) as err:
-        M.load_backbone(str(path))
-    assert M.IMAGENET_FILE in str(err.value) and "TL_WEIGHTS" in str(err.value)
+    with pytest.raises(W.WeightsError) as err:
+        W.load_backbone(str(path))
+    assert W.IMAGENET_FILE in str(err.value) and "TL_WEIGHTS" in str(err.value)
 
 
 def _offline(monkeypatch):
@@ -101,18 +102,18 @@ def _offline(monkeypatch):
 
 def test_imagenet_offline_names_the_file_and_what_to_do(monkeypatch):
     _offline(monkeypatch)
-    with pytest.raises(M.WeightsError, match="resnet50-11ad3fa6.pth.*\n.*checkpoints"):
-        M.load_backbone("imagenet")
+    with pytest.raises(W.WeightsError, match="resnet50-11ad3fa6.pth.*\n.*checkpoints"):
+        W.load_backbone("imagenet")
 
 
 def test_auto_falls_back_loudly_and_says_so(monkeypatch, capsys):
     _offline(monkeypatch)
-    _, info = M.load_backbone("auto")
+    _, info = W.load_backbone("auto")
     assert info.source == "random" and "random" in info.fallback
     assert "RANDOM weights" in capsys.readouterr().out
     tried = []
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", lambda *a, **k: tried.append(1))
-    _, again = M.load_backbone("auto")  # a second transfer run in the same kernel: no second attempt
+    _, again = W.load_backbone("auto")  # a second transfer run in the same kernel: no second attempt
     assert again == info and tried == [] and capsys.readouterr().out == ""
 
 
@@ -128,17 +129,18 @@ def test_a_fallback_banner_shows_once_per_kernel(capsys):
 def test_the_random_fallback_is_the_same_network_on_the_first_call_and_later(monkeypatch, tmp_path):
     """Offline, weights="auto" falls back to random weights. The first call in a kernel tries the download, the
     later ones don't: both must draw the same network after the same seed, or the engines stop agreeing."""
-    from common import model as M
+    from common.model import resnet as M
+    from common.model import weights as W
 
     def no_network(*args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
-    M._UNAVAILABLE.clear()
+    W._UNAVAILABLE.clear()
     torch.manual_seed(0)
     first, info = M.build_model(3, "transfer", "auto", weights_dir=tmp_path / "weights")
     torch.manual_seed(0)
     later, _ = M.build_model(3, "transfer", "auto", weights_dir=tmp_path / "weights")
-    assert info.fallback and "imagenet" in M._UNAVAILABLE
+    assert info.fallback and "imagenet" in W._UNAVAILABLE
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), later.state_dict().values()))

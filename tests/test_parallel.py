@@ -15,11 +15,11 @@ from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
 from test_resume import notebook_as_script
 
 from common import runtime
-from common.compare import assert_engines_agree
+from common.results.compare import assert_engines_agree
 from common.config import load_config
-from common.datasets import EpochShuffleSampler, RankShard, prepare_data
-from common.records import INITS, RunRecord
-from common.training import start_run
+from common.data.datasets import EpochShuffleSampler, RankShard, prepare_data
+from common.results.records import INITS, RunRecord
+from common.train.run import start_run
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 # Only the head trains (no BatchNorm in training mode: on the CPU torch cannot synchronise it across processes)

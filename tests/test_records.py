@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_meta
 
-from common import records as R
+from common.results import records as R
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def test_history_rows_are_one_type_with_every_column(tmp_path):
 
 def test_no_history_key_is_spelled_outside_the_row_type():
     """Engines, loops and readers build EpochRow: a key such as epoch_seconds= is written in records.py alone."""
-    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb")]
+    places = [*ROOT.glob("common/**/*.py"), *ROOT.glob("notebooks/*.ipynb")]
     spelled = sorted(p.name for p in places if re.search(r'\bdict\(epoch=|["\']epoch_seconds["\']\s*:', p.read_text()))
     assert spelled == []
 
@@ -89,8 +89,8 @@ RECORD_FILES = ("best.pt", "last.pt", "resume.pt", "last.ckpt", "history.csv", "
 
 def test_no_file_name_of_the_record_is_spelled_outside_its_module():
     """records.py owns the record's file names: notebooks, common/, the benchmark and the tests use RunRecord."""
-    owner = ROOT / "common" / "records.py"
-    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("benchmarks/*.py"),
+    owner = ROOT / "common" / "results" / "records.py"
+    places = [*ROOT.glob("common/**/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("benchmarks/*.py"),
               *ROOT.glob("tests/*.py")]
     pattern = re.compile("|".join(re.escape(f'"{n}') for n in RECORD_FILES) + r'|/ "figures"|"figures" /')
     offenders = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in places if p != owner and p != Path(__file__)
@@ -100,25 +100,25 @@ def test_no_file_name_of_the_record_is_spelled_outside_its_module():
 
 def test_the_engine_to_notebook_map_is_spelled_once():
     """Which notebook writes each engine's records lives in records.ENGINE_NOTEBOOKS alone."""
-    places = [*ROOT.glob("common/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"), ROOT / "scripts" / "gpu_check.sh"]
+    places = [*ROOT.glob("common/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"), ROOT / "scripts" / "gpu_check.sh"]
     names = [f'"{n}.ipynb"' for n in ("01_plain_pytorch", "02_ignite", "03_lightning")]
     spelled = [p.relative_to(ROOT).as_posix() for p in places if all(n in p.read_text() for n in names)]
-    assert spelled == ["common/records.py"]
+    assert spelled == ["common/results/records.py"]
 
 
 def test_dataframe_attrs_are_not_used():
-    places = [*ROOT.glob("common/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("tests/*.py")]
+    places = [*ROOT.glob("common/**/*.py"), *ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("tests/*.py")]
     assert not [p.name for p in places if p != Path(__file__) and ".attrs" in p.read_text()]
 
 
 def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     """Caps that bind: the record's per-class counts are those trained (not the whole split), and
     top_k=3 reaches the predictions, the metric and the summary."""
-    from common.compare import summary_table
+    from common.results.compare import summary_table
     from common.config import load_config
-    from common.datasets import prepare_data
-    from common.split import Manifest
-    from common.training import finish_run, start_run
+    from common.data.datasets import prepare_data
+    from common.data.split import Manifest
+    from common.train.run import finish_run, start_run
 
     cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
                       train_per_class=4, eval_per_class=2, top_k=3, data_dir=tmp_path / "data",
@@ -140,8 +140,8 @@ NUMBER_LIKE = ["0", "6", "001", "2019", "NA", "None"]  # class folders people na
 
 
 def test_class_names_that_look_like_numbers_stay_strings_in_every_table(tmp_path):
-    from common.demo_data import make_demo_dataset
-    from common.split import Manifest, build_split
+    from common.data.demo import make_demo_dataset
+    from common.data.split import Manifest, build_split
 
     probs = np.eye(len(NUMBER_LIKE))[[2, 4, 5, 0]] * 0.9 + 0.1 / len(NUMBER_LIKE)
     record = R.RunRecord(tmp_path / "run")

@@ -60,16 +60,24 @@ def test_environment_yml_matches_pyproject():
 
 def test_every_module_opens_with_its_purpose():
     import ast
-    for path in sorted((ROOT / "common").glob("*.py")):
+    for path in sorted((ROOT / "common").rglob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and doc.splitlines()[0].endswith((".", ":")) and len(doc.splitlines()[0]) < 140, path.name
+
+
+def test_common_is_grouped_by_role():
+    """`ls common/` shows the architecture: what every role reads at the top, then one sub-package per role."""
+    top = {p.name for p in (ROOT / "common").iterdir() if not p.name.startswith(("_", "."))}
+    assert top == {"config.py", "runtime.py", "io.py", "data", "model", "train", "results", "use"}
+    for role in ("data", "model", "train", "results", "use"):
+        assert (ROOT / "common" / role / "__init__.py").read_text().startswith('"""'), role
 
 
 def test_importing_common_needs_no_training_engine():
     import subprocess
     import sys
-    code = ("import sys, common.training, common.plots, common.evaluation, common.compare, common.resume, "
-            "common.datasets, common.records;"
+    code = ("import sys, common.train.run, common.results.plots, common.results.evaluation, common.results.compare, common.train.resume, "
+            "common.data.datasets, common.results.records;"
             "assert 'lightning' not in sys.modules and 'ignite' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

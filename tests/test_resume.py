@@ -14,10 +14,10 @@ import torch
 from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TWO_STAGE, tiny_env
 
 from common.config import load_config
-from common.datasets import prepare_data
-from common.records import EpochRow, RunRecord
-from common.resume import RunProgress, read_resume_point, save_resume_point
-from common.training import start_run
+from common.data.datasets import prepare_data
+from common.results.records import EpochRow, RunRecord
+from common.train.resume import RunProgress, read_resume_point, save_resume_point
+from common.train.run import start_run
 
 COMPARED = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 

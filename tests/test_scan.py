@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import datasets as D
-from common import split as SP
+from common.data import datasets as D
+from common.data import split as SP
 from common.config import load_config
-from common.datasets import prepare_data
-from common.scan import check_image, cross_split_duplicates, open_rgb
+from common.data.datasets import prepare_data
+from common.data.scan import check_image, cross_split_duplicates, open_rgb
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:

@@ -15,12 +15,12 @@ import torch
 from torchvision.models import resnet50
 
 from common import runtime as C
-from common import kaggle_data as K
-from common import model as M
-from common import sources as S
-from common.archives import DownloadError
+from common.data import kaggle as K
+from common.model import weights as W
+from common.data import sources as S
+from common.data.archives import DownloadError
 from common.config import load_config
-from common.split import DatasetError
+from common.data.split import DatasetError
 
 DOWNLOAD_ROUTE = "/v1/datasets.DatasetApiService/DownloadDataset"
 
@@ -259,17 +259,17 @@ def test_imagenet_weights_come_from_the_hub_cache_offline(tmp_path, monkeypatch)
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     reference = resnet50(weights=None)
-    torch.save(reference.state_dict(), cache / M.IMAGENET_FILE)
-    model, info = M.load_backbone("imagenet")
+    torch.save(reference.state_dict(), cache / W.IMAGENET_FILE)
+    model, info = W.load_backbone("imagenet")
     assert info.source == "imagenet" and torch.equal(model.conv1.weight, reference.conv1.weight)
 
 
 def test_imagenet_weights_attached_on_kaggle_are_found(tmp_path, monkeypatch):
     attached = tmp_path / "kaggle_input" / "models" / "resnet50" / "pytorch"
     attached.mkdir(parents=True)
-    torch.save(resnet50(weights=None).state_dict(), attached / M.IMAGENET_FILE)
+    torch.save(resnet50(weights=None).state_dict(), attached / W.IMAGENET_FILE)
     monkeypatch.setattr(C, "KAGGLE_INPUT", tmp_path / "kaggle_input")
-    _, info = M.load_backbone("auto")
+    _, info = W.load_backbone("auto")
     assert info.source.startswith("imagenet (file:") and info.fallback is None
 
 
@@ -283,14 +283,14 @@ def test_a_weights_download_goes_to_data_weights_not_the_home_cache(tmp_path, mo
         return resnet50(weights=None).state_dict()
 
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fake_download)
-    _, info = M.load_backbone("imagenet", tmp_path / "data" / "weights")
+    _, info = W.load_backbone("imagenet", tmp_path / "data" / "weights")
     assert info.source == "imagenet" and seen["model_dir"] == str(tmp_path / "data" / "weights")
 
 
 def test_a_whole_run_writes_only_under_data_and_runs(tmp_path, monkeypatch):
-    from common.datasets import prepare_data
-    from common.records import EpochRow
-    from common.training import finish_run, start_run
+    from common.data.datasets import prepare_data
+    from common.results.records import EpochRow
+    from common.train.run import finish_run, start_run
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

@@ -2,10 +2,10 @@
 import torch
 
 from common import runtime as C
-from common import training as T
+from common.train import run as T
 from common.config import load_config
-from common.datasets import prepare_data
-from common.model import TransferResNet
+from common.data.datasets import prepare_data
+from common.model.resnet import TransferResNet
 from torchvision.models import resnet50
 
 

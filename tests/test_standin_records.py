@@ -8,9 +8,10 @@ import torch
 from conftest import run_notebook, tiny_env
 from test_lessons import NOISE, _texts
 
-from common.demo_data import make_demo_dataset
-from common.inference import TOLERANCE, Reproduction, check_reproduction, load_model, reproduce_test
-from common.records import INITS, RunRecord
+from common.data.demo import make_demo_dataset
+from common.use.predict import load_model
+from common.use.reproduce import TOLERANCE, Reproduction, check_reproduction, reproduce_test
+from common.results.records import INITS, RunRecord
 
 CLASSES = ("0", "1", "2", "001", "2019", "NA")
 READERS = ("04_compare.ipynb", "05_how_much_to_unfreeze.ipynb", "06_use_the_model.ipynb")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from common import model as M
+from common.model import resnet as M
 from common.config import load_config
-from common.training import make_optimizer, make_scheduler
+from common.train.run import make_optimizer, make_scheduler
 
 BLOCK_OF_KEY = {"trunk.0": "stem", "trunk.1": "stem", "trunk.4": "layer1", "trunk.5": "layer2", "trunk.6": "layer3",
                 "layer4": "layer4", "head": "head"}
@@ -167,7 +167,7 @@ def test_wrong_settings_give_a_clear_error(setting, message):
 def test_records_say_what_trained():
     from conftest import make_meta
 
-    from common.records import RunMeta
+    from common.results.records import RunMeta
     meta = make_meta(trainable="layer3", block_lrs={"layer3": 1e-5, "layer4": 1e-4, "head": 1e-3}, schedule="onecycle")
     again = RunMeta.from_json(meta.to_json(), source=None)
     assert again.trainable == "layer3" and again.block_lrs["layer3"] == 1e-5 and again.schedule == "onecycle"

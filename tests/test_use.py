@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from common.explain import box_mass, box_to_input, gradcam
-from common.inference import (EXACT, FOLDER_RESULTS, Reproduction, ReproductionCheck, check_reproduction, load_model, predict_images, problems,
-                              reproduce_test, upload_handler)
+from common.use.explain import box_mass, box_to_input, gradcam
+from common.use.predict import FOLDER_RESULTS, load_model, predict_images, problems
+from common.use.reproduce import EXACT, Reproduction, ReproductionCheck, check_reproduction, reproduce_test
+from common.use.show import upload_handler
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_upload_callback_classifies_uploads_without_a_browser(transfer, tmp_path
 
 
 def test_upload_widget_is_wired_to_the_callback(transfer, tmp_path, capsys):
-    from common.inference import upload_widget
+    from common.use.show import upload_widget
     model, info = transfer
     box = upload_widget(model, info, k=2, folder=tmp_path)
     upload, output = box.children
@@ -247,7 +248,7 @@ def test_box_mass_on_hand_made_heatmaps():
 
 
 def test_boxes_follow_the_evaluation_transform():
-    from common.datasets import build_transforms
+    from common.data.datasets import build_transforms
     img = np.zeros((60, 80, 3), dtype=np.uint8)  # landscape: resize by height, crop the sides
     img[20:50, 10:40] = 255  # x 10..40, y 20..50
     size = 28
@@ -260,7 +261,7 @@ def test_boxes_follow_the_evaluation_transform():
 
 
 def test_demo_boxes_are_recorded(flat_root):
-    from common.demo_data import read_boxes
+    from common.data.demo import read_boxes
     boxes = read_boxes(flat_root)
     files = sorted(p.relative_to(flat_root).as_posix() for p in flat_root.rglob("*.jpg"))
     assert sorted(boxes) == files
@@ -271,10 +272,10 @@ def test_demo_boxes_are_recorded(flat_root):
 
 
 def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
-    from common.export import export_all, latency_table
+    from common.use.export import export_all, latency_table
     model, info = transfer
     x = torch.randn(5, 3, info.image_size, info.image_size)
-    from common.records import RunRecord
+    from common.results.records import RunRecord
     out = export_all(model, info.image_size, RunRecord(tmp_path), x)
     assert out["paths"]["onnx"].is_file() and out["paths"]["program"].is_file()
     assert set(out["parity"]) == {"torch.export", "onnxruntime"}
@@ -286,7 +287,7 @@ def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
 def test_the_box_check_sentences_follow_the_numbers():
     from conftest import make_meta
 
-    from common.explain import describe_box_mass
+    from common.use.explain import describe_box_mass
     row = lambda ratio, acc: {"heatmap mass in box": 0.3 * ratio, "box share of image": 0.3,
                               "ratio (1 = no better than even)": ratio, "test accuracy": acc}
     metas = {"transfer": make_meta(weights_source="random"), "scratch": make_meta(init="scratch", weights_source="random")}
@@ -300,7 +301,8 @@ def test_the_box_check_sentences_follow_the_numbers():
 def test_a_bf16_record_from_an_a100_is_not_recomputed_in_emulated_bf16_on_a_t4(monkeypatch):
     from conftest import make_meta
 
-    from common import inference, runtime
-    monkeypatch.setattr(inference, "visible_gpus", lambda: runtime.Gpus(("Tesla T4",), ((7, 5),)))
+    from common import runtime
+    from common.use import reproduce
+    monkeypatch.setattr(reproduce, "visible_gpus", lambda: runtime.Gpus(("Tesla T4",), ((7, 5),)))
     plan = Reproduction.plan(make_meta(device="cuda:0", precision="bf16"), torch.device("cuda"))
     assert (plan.device.type, plan.precision, plan.tolerance) == ("cpu", "fp32", 0.05)

@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from .config import Config
-from .model import imagenet_normalisation
-from .scan import open_rgb
-from .sources import DataSource, resolve_dataset
-from .split import SPLITS, Manifest, load_or_make_split
+from common.config import Config
+from common.model.weights import imagenet_normalisation
+from common.data.scan import open_rgb
+from common.data.sources import DataSource, resolve_dataset
+from common.data.split import SPLITS, Manifest, load_or_make_split
 
 
 @dataclass

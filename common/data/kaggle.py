@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .archives import DownloadError
-from .io import disk_full_message, is_disk_full, write_atomic
+from common.data.archives import DownloadError
+from common.io import disk_full_message, is_disk_full, write_atomic
 
 
 class KaggleCredentialsError(RuntimeError):

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .io import write_atomic, write_csv_atomic
-from .records import RunRecord
+from common.io import write_atomic, write_csv_atomic
+from common.results.records import RunRecord
 
 
 def plain_view(model: nn.Module) -> nn.Sequential:

@@ -13,12 +13,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archives import download_url, remove_stale_partials, safe_extract
-from .config import Config
-from .io import folder_swapped_in
-from .runtime import KAGGLE_INPUT, detect_runtime, loud, walk_kaggle_input
-from .split import DatasetError, detect_layout, list_classes
-from .demo_data import make_demo_dataset
+from common.data.archives import download_url, remove_stale_partials, safe_extract
+from common.config import Config
+from common.io import folder_swapped_in
+from common.runtime import KAGGLE_INPUT, detect_runtime, loud, walk_kaggle_input
+from common.data.split import DatasetError, detect_layout, list_classes
+from common.data.demo import make_demo_dataset
 
 STAMP = ".complete.json"
 
@@ -122,7 +122,7 @@ def _finish_layout(staging: Path, spec: RemoteDataset) -> Path:
 
 def fetch_dataset(spec: RemoteDataset, data_dir: Path) -> Path:
     """Download, unpack safely, verify and move into ``data_dir/<folder>``; idempotent."""
-    from .kaggle_data import download_kaggle_dataset
+    from common.data.kaggle import download_kaggle_dataset
 
     data_dir = Path(data_dir)
     final = data_dir / spec.folder

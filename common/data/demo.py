@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .io import folder_swapped_in
+from common.io import folder_swapped_in
 
 CLASSES = ("broccoli", "carrot", "cucumber", "eggplant", "pumpkin", "tomato")
 _CANVAS = 128  # each vegetable is drawn on a canvas this size, then placed

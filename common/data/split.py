@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .io import read_csv_as_text, write_csv_atomic, write_text_atomic
-from .scan import DUPLICATE_COLUMNS, FINDING_COLUMNS, cross_split_duplicates, scan_folder
+from common.io import read_csv_as_text, write_csv_atomic, write_text_atomic
+from common.data.scan import DUPLICATE_COLUMNS, FINDING_COLUMNS, cross_split_duplicates, scan_folder
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "validation", "test")

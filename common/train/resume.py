@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .io import load_state, save_state
-from .records import EpochRow
-from .training import TrainingRun, enter_stage
+from common.config import Config
+from common.io import load_state, save_state
+from common.results.records import EpochRow
+from common.train.run import TrainingRun, enter_stage
 
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
 _NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache_images", "devices")

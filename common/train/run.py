@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Config
-from .datasets import DataBundle, cache_decoded_images, make_loaders
-from .evaluation import accuracy, predict, topk_accuracy
-from .model import (WeightsInfo, build_model, load_backbone, parameter_summary, resolve_mode, trainable_blocks,
-                    trainable_parameters)
-from .records import EpochRow, RunMeta, RunRecord, predictions_frame
-from .runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_precision,
+from common.config import Config
+from common.data.datasets import DataBundle, cache_decoded_images, make_loaders
+from common.results.evaluation import accuracy, predict, topk_accuracy
+from common.model.resnet import build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
+from common.model.weights import WeightsInfo, load_backbone
+from common.results.records import EpochRow, RunMeta, RunRecord, predictions_frame
+from common.runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_precision,
                       seed_everything)
 
 
@@ -34,7 +34,7 @@ class Stage:
     number: int
     first_epoch: int
     epochs: int
-    trainable: str  # a mode of common.model.TRAINABLE
+    trainable: str  # a mode of common.model.resnet.TRAINABLE
     lr: float
 
     @property

@@ -1,4 +1,4 @@
-"""The model: the modified ResNet50 the suite teaches, and where its weights come from.
+"""The model: the modified ResNet50 the suite teaches, and how much of it trains.
 
 Recipe: torchvision ResNet50, drop its last two children (average pool and fc),
 freeze everything except the last convolutional block ``layer4``, then add
@@ -11,116 +11,13 @@ How much trains is a mode (:data:`TRAINABLE`): ``head`` (feature extraction), ``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import resnet50
 
-from .runtime import KAGGLE_INPUT, loud, walk_kaggle_input
-
-IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
-# The file torchvision downloads for IMAGENET_WEIGHTS (under torch.hub.get_dir()/checkpoints/).
-IMAGENET_FILE = Path(IMAGENET_WEIGHTS.url).name
-
-
-_UNAVAILABLE: dict[str, WeightsInfo] = {}  # weights="auto" that fell back, remembered for the rest of the kernel
-
-
-class WeightsError(RuntimeError):
-    """The requested weights cannot be had; the message says how to supply them."""
-
-
-@dataclass
-class WeightsInfo:
-    source: str  # "imagenet", "file:<path>" or "random"
-    fallback: str | None = None  # set when something other than the request was used
-    notes: list[str] = field(default_factory=list)
-
-
-def imagenet_normalisation() -> tuple[list[float], list[float]]:
-    """Mean and std that the ImageNet weights were trained with (from the weights enum)."""
-    t = IMAGENET_WEIGHTS.transforms()
-    return list(t.mean), list(t.std)
-
-
-def _how_to_supply() -> str:
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
-    return (f"Expected file: {IMAGENET_FILE} (torchvision ResNet50 {IMAGENET_WEIGHTS.name}).\n"
-            f"Either put it at {hub}\n"
-            f"or use load_config(weights=\"/path/to/{IMAGENET_FILE}\") (or TL_WEIGHTS; on Kaggle with internet off: "
-            f"attach the file as a dataset, it is found under {KAGGLE_INPUT}),\n"
-            f"or weights=\"random\" to continue without pretrained weights (transfer is then not meaningful).")
-
-
-def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
-    """ResNet50 with ImageNet weights: from torch's hub cache if the file is already there, else from
-    ``weights_dir`` (downloading into it), so the suite writes nothing outside the project's folders. The
-    weights are fetched before any network is built: a download that fails has then drawn no random numbers,
-    and the random fallback is the same network on the first call as on every later one."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
-    model_dir = None if weights_dir is None or cached.is_file() else str(weights_dir)
-    state = IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=model_dir)
-    model = resnet50(weights=None)
-    model.load_state_dict(state)
-    return model
-
-
-def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tuple[nn.Module, WeightsInfo]:
-    """A torchvision ResNet50 with the requested weights.
-
-    ``weights``: ``"imagenet"`` (the torchvision enum; cached file, else downloaded into ``weights_dir``),
-    ``"auto"`` (imagenet, else random weights with a loud warning), ``"random"``,
-    or a path to a ``.pth`` state dict.
-    """
-    if weights in ("random", "none"):
-        return resnet50(weights=None), WeightsInfo("random")
-    if weights == "auto" and "imagenet" in _UNAVAILABLE:  # failed once in this kernel: don't try (and print) again
-        return resnet50(weights=None), _UNAVAILABLE["imagenet"]
-    if weights in ("imagenet", "auto"):
-        attached = find_attached_weights()
-        if attached is not None:  # e.g. a Kaggle notebook with internet off and the file attached
-            return load_weights_file(attached), WeightsInfo(f"imagenet (file:{attached})")
-        try:
-            return _imagenet_backbone(weights_dir), WeightsInfo("imagenet")
-        except Exception as exc:  # no network, proxy, corrupt cache, ...
-            problem = f"The ImageNet weights could not be loaded ({type(exc).__name__}: {exc})."
-            if weights == "imagenet":
-                raise WeightsError(f"{problem}\n{_how_to_supply()}") from exc
-            loud(f"FALLBACK: {problem}\nUsing RANDOM weights instead: the 'transfer' runs transfer nothing.\n"
-                 f"{_how_to_supply()}")
-            _UNAVAILABLE["imagenet"] = WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
-            return resnet50(weights=None), _UNAVAILABLE["imagenet"]
-    return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
-
-
-def find_attached_weights() -> Path | None:
-    """``resnet50-11ad3fa6.pth`` attached to a Kaggle notebook, wherever it is mounted."""
-    return next((folder / IMAGENET_FILE for folder, files in walk_kaggle_input() if IMAGENET_FILE in files), None)
-
-
-def load_weights_file(path: Path) -> nn.Module:
-    """A ResNet50 with weights from a local state-dict file (loaded with ``weights_only=True``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"Weights file {path} does not exist.\n{_how_to_supply()}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc}). "
-                           f"It may be truncated or not a weights file.\n{_how_to_supply()}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    model = resnet50(weights=None)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict.\n{_how_to_supply()}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise WeightsError(f"{path} does not hold ResNet50 weights: {' '.join(first)[:400]}\n{_how_to_supply()}") from None
-    return model
+from common.model.weights import WeightsInfo, load_backbone
 
 
 # How much of the network trains. Each mode freezes a prefix of BLOCKS; the rest trains.
@@ -194,7 +91,7 @@ class TransferResNet(nn.Module):
     def unfreeze(self, depth: str) -> list[str]:
         """Make every block from ``depth`` up trainable (``depth``: a block name from :data:`BLOCKS` or
         ``"all"``): gradients, BatchNorm back in training mode, autograd through them. Returns the blocks
-        that became trainable (an optimizer made before does not hold them: ``common.training.enter_stage`` makes a
+        that became trainable (an optimizer made before does not hold them: ``common.train.run.enter_stage`` makes a
         new one)."""
         if depth not in BLOCKS and depth != "all":
             raise ValueError(f"unfreeze({depth!r}): depth is one of {', '.join(BLOCKS)} or all")
@@ -224,13 +121,13 @@ class TransferResNet(nn.Module):
             raise FrozenBlockError(
                 f"A frozen block ({', '.join(BLOCKS[:self.frozen])}) has parameters that require gradients, but "
                 "frozen blocks run without autograd: they would get no gradients and train nothing. Use "
-                "model.unfreeze('<block>') instead (then make the optimizer again, as common.training.enter_stage does).")
+                "model.unfreeze('<block>') instead (then make the optimizer again, as common.train.run.enter_stage does).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled 2048-d features the head reads (what ``common.features`` computes once in head mode)."""
+        """The pooled 2048-d features the head reads (what ``common.train.features`` computes once in head mode)."""
         if self.trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # match a channels_last model's layout
         self._check_frozen()
@@ -287,57 +184,3 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def training_memory(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """What one training step of ``model`` keeps in memory, in MB, measured on ``images`` (one batch): all the
-    weights, the gradients and Adam's two moments of the trainable ones, and the activations autograd saves
-    for backward (counted as they are saved, each storage once, weights left out). Frozen blocks run without
-    autograd, so they save nothing: that is where freezing saves memory, beside the optimizer state.
-    Runs one forward in training mode on a copy, so ``model`` itself is untouched."""
-    import copy
-
-    model = copy.deepcopy(model).train()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(images)
-    mb = 2 ** -20
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return dict(weights=sum(p.numel() * p.element_size() for p in model.parameters()) * mb,
-                gradients=trainable * mb, adam_state=2 * trainable * mb, activations=sum(saved.values()) * mb)
-
-
-def measured_step_memory(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str) -> float:
-    """MB that two real training steps of ``model`` (Adam, the run's autocast ``precision``) on ``images`` take at
-    their peak on the CUDA ``device``, above what was allocated before: weights, gradients, Adam's state,
-    activations, the batch and cuDNN's workspace, as torch's caching allocator handed them out
-    (``torch.cuda.max_memory_allocated``). The second step is the one with Adam's state. ``model`` is untouched."""
-    import copy
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    net = copy.deepcopy(model).to(device).train()
-    batch = images.to(device)
-    labels = torch.zeros(len(images), dtype=torch.long, device=device)
-    optimizer = torch.optim.Adam(trainable_parameters(net))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    for _ in range(2):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = nn.functional.cross_entropy(net(batch), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - before
-    del net, batch, optimizer
-    torch.cuda.empty_cache()
-    return peak * 2 ** -20

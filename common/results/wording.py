@@ -1,100 +1,12 @@
-"""Comparisons across run records: summary tables, speed ratios, time to a target, and whether the engines agree."""
+"""Sentences generated from run records: what the runs can and cannot show, in words a learner reads."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .evaluation import dominant_prediction
-from .model import trainable_blocks
-from .records import ENGINES, INITS, RunRecord, find_records
-
-COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
-TOLERANCE = 0.005  # 0.5 % relative
-
-
-def relative_gap(a: pd.Series, b: pd.Series) -> float:
-    """Largest relative difference between two equally long series (inf if lengths differ)."""
-    if len(a) != len(b):
-        return float("inf")
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))) if len(a) else 0.0
-
-
-def agreement_table(histories: dict[tuple[str, str], pd.DataFrame], reference: str = "plain") -> pd.DataFrame:
-    """One row per (engine, init) other than the reference: the largest relative gap per metric."""
-    rows = []
-    for (engine, init), hist in sorted(histories.items()):
-        ref = histories.get((reference, init))
-        if engine == reference or ref is None:
-            continue
-        gaps = {m: relative_gap(hist[m], ref[m]) for m in COMPARED}
-        rows.append(dict(engine=engine, init=init, epochs=len(hist), **gaps,
-                         agrees=max(gaps["train_loss"], gaps["val_loss"]) <= TOLERANCE))
-    return pd.DataFrame(rows)
-
-
-def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES) -> pd.DataFrame:
-    """The agreement table for the run records present on disk (missing ones are skipped, with a note)."""
-    records = {key: record for key, record in find_records(runs_dir, dataset).items() if key[0] in engines}
-    missing = [f"{engine}-{init}" for engine in engines for init in INITS if (engine, init) not in records]
-    if missing:
-        print(f"Not compared (no run record yet): {', '.join(missing)}")
-    return agreement_table({key: record.history for key, record in records.items()})
-
-
-def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], tolerance: float = TOLERANCE) -> pd.DataFrame:
-    """Raise AssertionError naming the engine and metric when per-epoch losses drift apart."""
-    table = agreement_table(histories)
-    if table.empty:
-        raise AssertionError("Nothing to compare: need the plain loop and at least one other engine.")
-    for _, row in table.iterrows():
-        for metric in ("train_loss", "val_loss"):
-            if row[metric] > tolerance:
-                raise AssertionError(f"{row['engine']} / {row['init']}: {metric} differs from the plain loop by "
-                                     f"{row[metric]:.3%} (tolerance {tolerance:.1%})\n{table.to_string()}")
-    return table
-
-
-def time_to_target(history: pd.DataFrame, target: float) -> float | None:
-    """Wall seconds of training until validation accuracy first reaches ``target`` (None if never)."""
-    reached = history.index[history["val_acc"] >= target]
-    if len(reached) == 0:
-        return None
-    return float(history["epoch_seconds"].loc[: reached[0]].sum())
-
-
-def trains(meta) -> str:
-    """What a run trained, from its record: its mode, or each stage's ("head then layer3")."""
-    return " then ".join(s["trainable"] for s in meta.stages) if len(meta.stages) > 1 else meta.trainable
-
-
-def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
-    """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
-
-    ``records`` maps (engine, init) to :class:`common.records.RunRecord`."""
-    rows = []
-    for (engine, init), record in records.items():
-        h, m = record.history, record.meta
-        rows.append({"engine": engine, "init": init, "trains": trains(m), "test_acc": m.test_acc,
-                     f"test_top{m.top_k}": m.test_topk_acc,
-                     "best_val_acc": float(h["val_acc"].max()), "best_epoch": m.best_epoch, "epochs": len(h),
-                     "mean_epoch_s": float(h["epoch_seconds"].mean()), "trainable_params": m.parameters["trainable"],
-                     "weights": m.weights_source})
-    return pd.DataFrame(rows).set_index(["engine", "init"])
-
-
-def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
-    """Per engine: median transfer epoch time over median scratch epoch time (below 1: transfer is faster).
-    Medians, because one slow epoch on a shared machine would otherwise decide the ratio."""
-    rows = []
-    for engine in dict.fromkeys(e for e, _ in records):
-        if (engine, "transfer") in records and (engine, "scratch") in records:
-            t = records[(engine, "transfer")].history["epoch_seconds"].median()
-            s = records[(engine, "scratch")].history["epoch_seconds"].median()
-            rows.append(dict(engine=engine, transfer_s=t, scratch_s=s, transfer_over_scratch=t / s))
-    return pd.DataFrame(rows)
+from common.model.resnet import trainable_blocks
+from common.results.evaluation import dominant_prediction
+from common.results.records import RunRecord
 
 
 def timing_notes(records: dict[tuple[str, str], RunRecord], spread: float = 1.5) -> list[str]:
@@ -106,17 +18,6 @@ def timing_notes(records: dict[tuple[str, str], RunRecord], spread: float = 1.5)
             lines.append(f"{record.label}: its epochs took {seconds.min():.1f} to {seconds.max():.1f} s on this machine "
                          "(something else was running): read its speed ratio as noise, not as the engine's cost.")
     return lines
-
-
-def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
-    """Per run, at its last epoch: training and validation accuracy and loss, and the gaps between them
-    (training minus validation accuracy; validation minus training loss). Large gaps mean overfitting."""
-    rows = []
-    for record in records.values():
-        last = record.history.iloc[-1]
-        rows.append(dict(run=record.label, epoch=int(last["epoch"]), train_acc=last["train_acc"], val_acc=last["val_acc"],
-                         acc_gap=last["train_acc"] - last["val_acc"], loss_gap=last["val_loss"] - last["train_loss"]))
-    return pd.DataFrame(rows).set_index("run")
 
 
 def _together(labels: list[str]) -> str:
@@ -197,20 +98,6 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
         lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs}: "
                      f"{better} did better here.")
     return lines
-
-
-def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:
-    """One row per run of the unfreezing spectrum (keyed by the run's name): what trained, its cost and its accuracy.
-    Epoch seconds are medians over the run's epochs (stage two's for a two-stage run, the part that differs)."""
-    rows = []
-    for name, record in records.items():
-        meta, history = record.meta, record.history
-        last = history[history["stage"] == history["stage"].max()] if "stage" in history else history
-        rows.append(dict(run=name, trains=trains(meta), trainable_parameters=int(meta.parameters["trainable"]),
-                         median_epoch_seconds=float(last["epoch_seconds"].median()),
-                         one_off_seconds=meta.extra.get("feature_extraction_seconds", np.nan),
-                         best_val_acc=meta.best_val_acc, test_acc=meta.test_acc))
-    return pd.DataFrame(rows).set_index("run")
 
 
 def _listed(items) -> str:

@@ -15,9 +15,9 @@ import time
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from .datasets import ImageListDataset
-from .records import EpochRow, RunMeta
-from .training import SCHEDULE_INTERVAL, epoch_line, finish_run, start_run
+from common.data.datasets import ImageListDataset
+from common.results.records import EpochRow, RunMeta
+from common.train.run import SCHEDULE_INTERVAL, epoch_line, finish_run, start_run
 
 
 def extract_features(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 64,
@@ -34,7 +34,7 @@ def extract_features(model: torch.nn.Module, dataset, device: torch.device, batc
 
 
 def without_augmentation(data) -> dict[str, ImageListDataset]:
-    """Every split of a :class:`~common.datasets.DataBundle` with the evaluation transform (resize, centre
+    """Every split of a :class:`~common.data.datasets.DataBundle` with the evaluation transform (resize, centre
     crop, normalise), sharing the decode-once cache where the evaluation splits have one."""
     evaluate = data.datasets["test"].transform
     out = {}

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 
-from .io import disk_full_message, folder_swapped_in, is_disk_full
+from common.io import disk_full_message, folder_swapped_in, is_disk_full
 
 
 class DownloadError(RuntimeError):

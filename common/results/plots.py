@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from .records import INITS
+from common.results.records import INITS
 
 INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
 # Notebook 05's runs, by how much trains: light to dark as more of the network trains; the recipe (layer4) in
@@ -253,7 +253,7 @@ def plot_accuracy_vs_count(per_class: pd.DataFrame, caption: str = "") -> plt.Fi
 
 def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | None = None) -> plt.Figure:
     """Test accuracy against trainable parameters and against seconds per epoch, one point per run of the
-    unfreezing spectrum (``common.compare.mode_table``), each run its own colour and marker. Both x axes are
+    unfreezing spectrum (``common.results.compare.mode_table``), each run its own colour and marker. Both x axes are
     logarithmic: the runs span three orders of magnitude, and no run has zero of either."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     markers = dict(zip(table.index, "os^DvPXh*"))

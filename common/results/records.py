@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import load_state, read_csv_as_text, save_state, write_csv_atomic, write_text_atomic
+from common.io import load_state, read_csv_as_text, save_state, write_csv_atomic, write_text_atomic
 
 ENGINES = ("plain", "ignite", "lightning")
 INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
@@ -88,7 +88,7 @@ class RunMeta:
     block_lrs: dict[str, float] = field(default_factory=dict)  # each block that trained -> its rate, stem first
     schedule: str = "cosine"  # cosine (per epoch) | onecycle (per batch)
     clip_grad_norm: float = 0.0  # 0: no clipping
-    stages: list[dict] = field(default_factory=list)  # common.training.Stage as dicts: epochs, what trained, head lr
+    stages: list[dict] = field(default_factory=list)  # common.train.run.Stage as dicts: epochs, what trained, head lr
     steps_per_epoch: int = 0  # optimizer steps (batches) per training epoch: what a per-batch schedule counts
     world_size: int = 1  # processes that trained the run together (data-parallel), each on its share of every batch
     schema: int = SCHEMA_VERSION

@@ -83,7 +83,7 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from .plots import finish_figure
+    from common.results.plots import finish_figure
 
     n, cols = len(images), 1 + len(columns)
     fig, axes = plt.subplots(n, cols, figsize=(cols * size, n * (size + 0.35)), squeeze=False)

@@ -10,11 +10,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config
-from .datasets import DataBundle
-from .records import EpochRow, RunMeta
-from .resume import resume_or_start, save_resume_point
-from .training import SCHEDULE_INTERVAL, TrainingRun, enter_stage, epoch_line, finish_run, start_run
+from common.config import Config
+from common.data.datasets import DataBundle
+from common.results.records import EpochRow, RunMeta
+from common.train.resume import resume_or_start, save_resume_point
+from common.train.run import SCHEDULE_INTERVAL, TrainingRun, enter_stage, epoch_line, finish_run, start_run
 
 
 def train_one_epoch(run: TrainingRun, criterion, desc: str = "train") -> tuple[float, float]:
