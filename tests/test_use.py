@@ -287,15 +287,28 @@ def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
 def test_the_box_check_sentences_follow_the_numbers():
     from conftest import make_meta
 
-    from common.use.explain import describe_box_mass
-    row = lambda ratio, acc: {"heatmap mass in box": 0.3 * ratio, "box share of image": 0.3,
-                              "ratio (1 = no better than even)": ratio, "test accuracy": acc}
+    from common.use.explain import BoxCheck, describe_box_mass
+    check = lambda ratio, acc: BoxCheck(images=10, mass_in_box=0.3 * ratio, box_area=0.3, on_target=0.5, test_acc=acc)
     metas = {"transfer": make_meta(weights_source="random"), "scratch": make_meta(init="scratch", weights_source="random")}
-    lines = describe_box_mass({"transfer": row(1.18, 0.8), "scratch": row(1.0, 0.9)}, metas)
+    lines = describe_box_mass({"transfer": check(1.18, 0.8), "scratch": check(1.0, 0.9)}, metas)
     assert "somewhat more on the object" in lines[0] and "about as much on the object" in lines[1]
     assert "random weights were used" in lines[2] and not any("near chance" in line for line in lines)
-    assert "near chance" in describe_box_mass({"scratch": row(2.0, 0.5)}, {"scratch": metas["scratch"]})[-1]
-    assert "clearly more" in describe_box_mass({"scratch": row(2.0, 0.9)}, {"scratch": metas["scratch"]})[0]
+    assert "near chance" in describe_box_mass({"scratch": check(2.0, 0.5)}, {"scratch": metas["scratch"]})[-1]
+    assert "clearly more" in describe_box_mass({"scratch": check(2.0, 0.9)}, {"scratch": metas["scratch"]})[0]
+
+
+def test_the_box_check_averages_each_image_against_its_own_box(monkeypatch):
+    from common.use import explain
+    inside, uniform = np.zeros((10, 10)), np.ones((10, 10))
+    inside[2:6, 2:6] = 1
+    monkeypatch.setattr(explain, "gradcam", lambda model, images, targets: torch.tensor(np.stack([inside, uniform])))
+    check = explain.box_check(None, torch.zeros(2, 3, 10, 10), [0, 0], [(2, 2, 6, 6), (0, 0, 5, 10)], test_acc=0.75)
+    assert (check.images, check.test_acc) == (2, 0.75)
+    assert check.mass_in_box == pytest.approx((1.0 + 0.5) / 2) and check.box_area == pytest.approx((0.16 + 0.5) / 2)
+    assert check.on_target == 0.5  # the first looks inside its box, the uniform one is only even
+    assert check.ratio == pytest.approx(0.75 / 0.33)
+    table = explain.box_check_table({"transfer": check})
+    assert table.loc["transfer", "heatmap in box"] == "75%" and table.loc["transfer", "test images"] == 2
 
 
 def test_a_bf16_record_from_an_a100_is_not_recomputed_in_emulated_bf16_on_a_t4(monkeypatch):

@@ -6,6 +6,8 @@ see; Captum's implementation is tested against those mistakes and documents what
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -68,12 +70,35 @@ def box_to_input(box, image_wh: tuple[int, int], image_size: int) -> tuple[float
     return clip(x0 * sx - left), clip(y0 * sy - top), clip(x1 * sx - left), clip(y1 * sy - top)
 
 
-def box_mass_table(model: nn.Module, images: torch.Tensor, targets, boxes: list) -> pd.DataFrame:
-    """Per image: Grad-CAM mass inside its box, the box's area share, and their ratio (above 1: on target)."""
+@dataclass(frozen=True)
+class BoxCheck:
+    """One model's Grad-CAM heatmaps measured against the boxes where the objects were drawn (demo data)."""
+    images: int
+    mass_in_box: float  # the heatmaps' mean share of their mass inside the box
+    box_area: float  # the boxes' mean share of the image
+    on_target: float  # the share of images whose heatmap puts more inside the box than the box's area
+    test_acc: float  # the model's test accuracy, from its record
+
+    @property
+    def ratio(self) -> float:
+        """Mass in the box over the box's area: 1 is no better than heat spread evenly, above 1 on the object."""
+        return self.mass_in_box / self.box_area
+
+
+def box_check(model: nn.Module, images: torch.Tensor, targets, boxes: list, test_acc: float) -> BoxCheck:
+    """Grad-CAM of ``targets`` on ``images`` (a run's test images), each heatmap measured against its box."""
     maps = gradcam(model, images, targets)
-    rows = [box_mass(m.numpy(), b) for m, b in zip(maps, boxes)]
-    df = pd.DataFrame(rows, columns=["mass_in_box", "box_area"])
-    return df.assign(ratio=df["mass_in_box"] / df["box_area"])
+    mass, area = np.array([box_mass(m.numpy(), b) for m, b in zip(maps, boxes)]).T
+    return BoxCheck(images=len(images), mass_in_box=float(np.nanmean(mass)), box_area=float(area.mean()),
+                    on_target=float((mass > area).mean()), test_acc=float(test_acc))
+
+
+def box_check_table(checks: dict[str, BoxCheck]) -> pd.DataFrame:
+    """The checks side by side, one row per model, in words and percentages a learner reads."""
+    return pd.DataFrame({name: {"test images": c.images, "heatmap in box": f"{c.mass_in_box:.0%}",
+                                "box's share of image": f"{c.box_area:.0%}", "ratio (1: even spread)": round(c.ratio, 2),
+                                "images looking more inside": f"{c.on_target:.0%}", "test accuracy": f"{c.test_acc:.0%}"}
+                         for name, c in checks.items()}).T
 
 
 def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: dict[str, list[str]],
@@ -92,7 +117,7 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
         axes[i][0].set_title(titles["input"][i] if "input" in titles else "input", fontsize=7)
         for j, (name, maps) in enumerate(columns.items(), start=1):
             axes[i][j].imshow(img)
-            heat = axes[i][j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            heat = axes[i][j].imshow(maps[i].numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
             axes[i][j].set_title(f"{name}: {titles[name][i]}", fontsize=7)
         for ax in axes[i]:
             ax.axis("off")
@@ -100,7 +125,8 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
                 x0, y0, x1, y1 = boxes[i]
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="white", lw=1))
     finish_figure(fig, title + (" (white box: where the object was drawn)" if boxes else ""), caption)
-    fig.colorbar(heat, ax=axes, shrink=0.5, label="evidence for the predicted class (0 to 1)")
+    fig.subplots_adjust(wspace=0.04, hspace=0.3)
+    fig.colorbar(heat, ax=axes, shrink=0.3, fraction=0.03, pad=0.02, label="evidence for the predicted class (0 to 1)")
     return fig
 
 
@@ -110,23 +136,23 @@ def unnormalise(x: torch.Tensor, mean, std) -> np.ndarray:
     return (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def describe_box_mass(mass: dict[str, dict], metas: dict) -> list[str]:
-    """Sentences from each run's box check (``mass``: init -> the notebook's table row; ``metas``: init ->
+def describe_box_mass(checks: dict[str, BoxCheck], metas: dict) -> list[str]:
+    """Sentences from each model's box check (``checks``: init -> :class:`BoxCheck`; ``metas``: init ->
     RunMeta), saying what the numbers show and what this run cannot show."""
     chance = 1 / len(next(iter(metas.values())).class_names)
     lines = []
-    for init, row in mass.items():
-        r, acc = row["ratio (1 = no better than even)"], row["test accuracy"]
+    for init, check in checks.items():
+        r = check.ratio
         where = ("clearly more on the object than an even spread would" if r > 1.5 else
                  "somewhat more on the object than an even spread would" if r > 1.1 else
                  "about as much on the object as an even spread would" if r >= 0.9 else
                  "less on the object than an even spread would")
-        lines.append(f"{init} (weights: {metas[init].weights_source}, test accuracy {acc:.0%}, chance {chance:.0%}): "
-                     f"{row['heatmap mass in box']:.0%} of the heatmap lies in boxes covering "
-                     f"{row['box share of image']:.0%} of the image (ratio {r:.2f}), so it puts {where}.")
+        lines.append(f"{init} (weights: {metas[init].weights_source}, test accuracy {check.test_acc:.0%}, chance "
+                     f"{chance:.0%}): {check.mass_in_box:.0%} of the heatmap lies in boxes covering {check.box_area:.0%} "
+                     f"of the image (ratio {r:.2f}), so it puts {where}.")
     if "transfer" in metas and metas["transfer"].random_transfer:
         lines.append("The transfer run had no ImageNet weights (random weights were used): both models started from "
                      "random features, so this run cannot show what pretrained features change.")
-    if any(row["test accuracy"] < 2 * chance for row in mass.values()):
+    if any(check.test_acc < 2 * chance for check in checks.values()):
         lines.append(f"A model near chance (below {2 * chance:.0%}) has little to explain: its heatmaps describe a guess.")
     return lines
