@@ -84,9 +84,9 @@ def main() -> None:
     for engine in engines:
         for init in ("transfer", "scratch"):
             for world in worlds:
-                record = RunRecord.at(work / f"runs-{world}", root.name, engine, init)
+                record = RunRecord(work / f"runs-{world}", root.name, engine, init)
                 images = record.meta.steps_per_epoch * args.batch_size  # global batches, split over the processes
-                rows.append(dict(engine=engine, init=init, processes=record.meta.world_size,
+                rows.append(dict(engine=engine, init=init, processes=record.meta.world,
                                  epoch_s=steady(record.history["epoch_seconds"]), images=images))
     table = pd.DataFrame(rows)
     table["images_per_s"] = table["images"] / table["epoch_s"]

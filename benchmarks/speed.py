@@ -169,7 +169,7 @@ def main() -> None:
     rows = []
     for init in ("transfer", "scratch"):
         for engine, which, is_cached in [*((e, "default", cached) for e in engines), ("plain", "other", not cached)]:
-            epochs = [steady(RunRecord.at(work / f"runs-{r}" / which, data.source.name, engine, init).history["epoch_seconds"])
+            epochs = [steady(RunRecord(work / f"runs-{r}" / which, data.source.name, engine, init).history["epoch_seconds"])
                       for r in range(args.repeats)]
             rows.append(dict(init=init, engine=engine, loader=label[is_cached], epoch_s=statistics.median(epochs)))
         rows.append(dict(init=init, engine="plain", loader="tensors only",

@@ -100,7 +100,7 @@ for runs in sorted(out.glob("runs*")):
         for (engine, init), record in find_records(runs, dataset).items():
             m = record.meta
             print(f"{runs.name:>18} {engine:>9}/{init:<8} device {m.device:<7} precision {m.precision:<5} "
-                  f"processes {m.world_size}  test acc {m.test_acc:.3f}  epoch {record.history['epoch_seconds'].median():.1f} s")
+                  f"processes {m.world}  test acc {m.test_acc:.3f}  epoch {record.history['epoch_seconds'].median():.1f} s")
 sys.exit(1 if bad or any(forks.values()) else 0)
 EOF
 

@@ -58,7 +58,7 @@ def make_meta(**changes) -> RunMeta:
                   seed=0, budget="smoke", image_size=32, fallbacks=[], config={}, versions={}, started="", finished="",
                   epochs_run=2, best_epoch=2, best_val_acc=0.8, test_acc=0.75, top_k=5, test_topk_acc=1.0)
     values.update(changes)
-    values.setdefault("trainable", {"transfer": "layer4"}.get(values["init"], values["init"]))
+    values.setdefault("trainable", "scratch" if values["init"] == "scratch" else "layer4")
     return RunMeta(**values)
 
 
@@ -95,7 +95,7 @@ def executed_suite(tiny_base) -> dict:
 @pytest.fixture(scope="session")
 def engine_runs(executed_suite, tiny_base):
     """The run records the engine notebooks wrote in the executed suite: the reference runs."""
-    return {(e, i): RunRecord.at(tiny_base / "runs", "demo", e, i).check_complete() for e in ENGINES for i in INITS}
+    return {(e, i): RunRecord(tiny_base / "runs", "demo", e, i).check_complete() for e in ENGINES for i in INITS}
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def two_stage_runs(tiny_base, executed_suite):
     env = dict(tiny_env(tiny_base, runs), **TWO_STAGE)
     for name in ENGINE_NOTEBOOKS.values():
         run_notebook(name, env)
-    return {(e, i): RunRecord.at(runs, "demo", e, i).check_complete() for e in ENGINES for i in INITS}
+    return {(e, i): RunRecord(runs, "demo", e, i).check_complete() for e in ENGINES for i in INITS}
 
 
 @pytest.fixture(scope="session")

@@ -33,14 +33,14 @@ def _history(val_acc, seconds, loss=1.0):
 
 def _record(runs_dir, engine, init, history, preds, trainable, **meta):
     """A run record written to disk through the real type, with a plausible meta."""
-    record = RunRecord.at(runs_dir, "toy", engine, init)
+    record = RunRecord(runs_dir, "toy", engine, init)
     record.write_history([EpochRow(**row) for row in history.to_dict("records")])
     record.write_predictions(preds)
     meta = dict(dict(weights_source="imagenet" if init == "transfer" else "random"), **meta)
     record.write_meta(make_meta(engine=engine, init=init, test_acc=float((preds["true"] == preds["pred"]).mean()),
                                 best_epoch=int(history["val_acc"].idxmax()) + 1, parameters=dict(trainable=trainable),
                                 **meta))
-    return RunRecord.at(runs_dir, "toy", engine, init)
+    return RunRecord(runs_dir, "toy", engine, init)
 
 
 def test_confusion_counts_and_row_normalisation():
@@ -110,7 +110,7 @@ def test_confusion_figure_scales_to_many_classes(n, tmp_path):
 
 
 def test_figures_carry_the_fallback_label():
-    text = P.label_text(make_meta(dataset="demo", fallbacks=["random weights used"]), make_meta(fallbacks=["demo data"]))
+    text = P.caption_for(make_meta(dataset="demo", fallbacks=["random weights used"]), make_meta(fallbacks=["demo data"]))
     assert "FALLBACK" in text and "demo" in text and "smoke" in text and "demo data; random weights used" in text
     fig = P.plot_epoch_times({("plain", "scratch"): _history([0.1], [3.0]), ("plain", "transfer"): _history([0.1], [2.0])},
                              caption=text)
@@ -158,7 +158,7 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
     assert "demo data" in text and "plain: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each" in text and "scratch did better here" in text
     assert "Chance level is 0.33" in text
     gaps = C.fit_gaps(runs)
-    assert gaps.loc["plain / scratch", "acc_gap"] == pytest.approx(0.0)
+    assert gaps.loc[("plain", "scratch"), "acc_gap"] == pytest.approx(0.0)
     lines = Wd.describe_fit(gaps.assign(train_acc=[0.35, 0.99], acc_gap=[0.0, 0.09 + 0.5 * 0.2]), chance=1 / 3)
     assert "near chance" in lines[0] and "overfitting" in lines[1] and "after epoch 2," in lines[0]
     same = {("ignite", i): _record(tmp_path, "ignite", i, runs[("plain", i)].history, runs[("plain", i)].predictions, 1,

@@ -200,7 +200,7 @@ def test_a_cached_dataset_never_reads_the_disk_again(flat_root, copy_of):
 def test_only_two_stage_datasets_can_be_cached(tmp_path):
     from PIL import Image
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
-    with pytest.raises(TypeError, match="TwoStage"):
+    with pytest.raises(TypeError, match="DecodeThenAugment"):
         D.ImageListDataset(tmp_path, ["a.png"], [0]).cache_in_memory()
 
 

@@ -35,14 +35,14 @@ def test_every_engine_writes_the_same_record_schema(engine_runs):
 def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, tiny_base, tmp_path):
     runs = tmp_path / "runs"
     for init in INITS:  # the plain loop's records as they are
-        shutil.copytree(RunRecord.at(tiny_base / "runs", "demo", "plain", init).folder, RunRecord.at(runs, "demo", "plain", init).folder)
+        shutil.copytree(RunRecord(tiny_base / "runs", "demo", "plain", init).folder, RunRecord(runs, "demo", "plain", init).folder)
     nb = nbformat.read(NOTEBOOKS / ENGINE_NOTEBOOKS["ignite"], as_version=4)
     start = 'run = start_run(cfg, data, engine="ignite", init=init'
     cell = next(c for c in nb.cells if start in c.source)
     line = next(line for line in cell.source.splitlines() if start in line)
     cell.source = cell.source.replace(line, line + '\n    run.optimizer.param_groups[0]["lr"] *= 1.2  # the drift to detect')
     run_notebook(nb, tiny_env(tiny_base, runs))
-    drifted = {(e, i): RunRecord.at(runs, "demo", e, i).history for e in ("plain", "ignite") for i in INITS}
+    drifted = {(e, i): RunRecord(runs, "demo", e, i).history for e in ("plain", "ignite") for i in INITS}
     with pytest.raises(AssertionError, match="ignite / .*differs from the plain loop"):
         assert_engines_agree(drifted)
 
@@ -53,7 +53,7 @@ def test_engines_agree_in_mixed_precision_and_channels_last(tmp_path):
     env = dict(tiny_env(tmp_path), TL_PRECISION="fp16", TL_CHANNELS_LAST="1")
     for name in ENGINE_NOTEBOOKS.values():
         run_notebook(name, env)
-    runs = {(e, i): RunRecord.at(tmp_path / "runs", "demo", e, i) for e in ENGINE_NOTEBOOKS for i in INITS}
+    runs = {(e, i): RunRecord(tmp_path / "runs", "demo", e, i) for e in ENGINE_NOTEBOOKS for i in INITS}
     assert {r.meta.precision for r in runs.values()} == {"bf16"}
     table = assert_engines_agree({k: r.history for k, r in runs.items()})
     assert table["agrees"].all()

@@ -47,7 +47,7 @@ def test_cached_features_train_the_head_as_the_slow_way_does(setting):
 
     assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
     assert fast_losses[-1] != fast_losses[0]  # the head learned something
-    for a, b in zip(fast.model.head.parameters(), slow.model.head.parameters()):
+    for a, b in zip(fast.model.classifier.parameters(), slow.model.classifier.parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(fast.model.trunk.state_dict().values(),
                                                  slow.model.trunk.state_dict().values()))

@@ -105,5 +105,5 @@ def test_common_loop_computes_what_notebook_01s_loop_computes(stages, request, t
     data = prepare_data(cfg)
     for init in INITS:
         loop.train(cfg, data, init)
-        ours, theirs = RunRecord.at(cfg.runs_dir, "demo", "plain", init).history, reference[("plain", init)].history
+        ours, theirs = RunRecord(cfg.runs_dir, "demo", "plain", init).history, reference[("plain", init)].history
         np.testing.assert_allclose(ours[COMPARED].to_numpy(), theirs[COMPARED].to_numpy(), rtol=1e-6)

@@ -15,10 +15,10 @@ def transfer():
 def test_exactly_layer4_and_the_head_are_trainable(transfer):
     trainable = {n.split(".")[0] for n, p in transfer.named_parameters() if p.requires_grad}
     frozen = {n.split(".")[0] for n, p in transfer.named_parameters() if not p.requires_grad}
-    assert trainable == {"layer4", "head"} and frozen == {"trunk"}
+    assert trainable == {"layer4", "classifier"} and frozen == {"trunk"}
     s = M.parameter_summary(transfer)
     blocks = s["blocks"]
-    assert s["trainable"] == blocks["layer4"]["trainable"] + blocks["head"]["trainable"]
+    assert s["trainable"] == blocks["layer4"]["trainable"] + blocks["classifier"]["trainable"]
     assert blocks["trunk"]["trainable"] == 0 and blocks["trunk"]["total"] > 8_000_000
     assert s["total"] == 23_518_277 == sum(b["total"] for b in blocks.values())  # ResNet50 without fc, plus a 2048x5 head
 
@@ -50,7 +50,7 @@ def test_a_training_step_leaves_frozen_weights_and_statistics_bit_identical(tran
     for k, v in before.items():
         if k.startswith("trunk."):
             assert torch.equal(v, after[k]), k  # weights and BatchNorm running stats alike
-    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
     assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
     changed_bn = [k for k in before if k.startswith("layer4") and k.endswith("running_mean")]
     assert any(not torch.equal(before[k], after[k]) for k in changed_bn)  # trainable BN does update

@@ -31,7 +31,7 @@ EXACT = dict(TL_TRAINABLE="head", TL_DROPOUT="0")
 def one_process(tiny_base):
     runs = tiny_base / "parallel-1"
     run_notebook(ENGINE_NOTEBOOKS["plain"], dict(tiny_env(tiny_base, runs), **EXACT))
-    return {init: RunRecord.at(runs, "demo", "plain", init).check_complete() for init in INITS}
+    return {init: RunRecord(runs, "demo", "plain", init).check_complete() for init in INITS}
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +50,7 @@ def two_processes_executed(tiny_base):
 @pytest.fixture(scope="session")
 def two_processes(tiny_base, two_processes_executed):
     runs = tiny_base / "parallel-2"
-    return {(e, i): RunRecord.at(runs, "demo", e, i).check_complete() for e in ENGINE_NOTEBOOKS for i in INITS}
+    return {(e, i): RunRecord(runs, "demo", e, i).check_complete() for e in ENGINE_NOTEBOOKS for i in INITS}
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
@@ -69,7 +69,7 @@ def test_forked_processes_draw_no_progress_widgets(engine, two_processes_execute
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
 def test_two_processes_with_half_batches_compute_what_one_process_computes(engine, one_process, two_processes):
     two, one = two_processes[(engine, "transfer")], one_process["transfer"]
-    assert (two.meta.world_size, one.meta.world_size) == (2, 1)
+    assert (two.meta.world, one.meta.world) == (2, 1)
     np.testing.assert_allclose(two.history[COMPARED].to_numpy(), one.history[COMPARED].to_numpy(), rtol=1e-5)
     # rank 0 evaluated the same best weights on test (to float rounding: one thread per process here, two in one)
     assert two.predictions["pred"].equals(one.predictions["pred"])
@@ -89,7 +89,7 @@ def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(two_processes, t
     env = dict(tiny_env(tiny_base, runs), **EXACT, TL_DEVICES="2")
     script = tmp_path / "plain_as_script.py"
     script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]))
-    marker = RunRecord.at(runs, "demo", "plain", "transfer").resume
+    marker = RunRecord(runs, "demo", "plain", "transfer").resume
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -103,14 +103,14 @@ def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(two_processes, t
     proc.wait()
     gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, f"orphaned training processes: {alive}"
-    assert not RunRecord.at(runs, "demo", "plain", "transfer").history_file.exists(), "killed too late"
+    assert not RunRecord(runs, "demo", "plain", "transfer").history_file.exists(), "killed too late"
 
     done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming" in done.stdout
     for init in INITS:
-        resumed, reference = RunRecord.at(runs, "demo", "plain", init).history, two_processes[("plain", init)].history
+        resumed, reference = RunRecord(runs, "demo", "plain", init).history, two_processes[("plain", init)].history
         np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
 
 

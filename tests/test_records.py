@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_history_rows_are_one_type_with_every_column(tmp_path):
-    record = R.RunRecord(tmp_path)
+    record = R.RunRecord(tmp_path, "demo", "plain", "transfer")
+    record.folder.mkdir(parents=True)
     with pytest.raises(TypeError, match="val_acc"):
         R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, lr=1e-3, epoch_seconds=2.0)
     rows = [R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=2.0)]
@@ -42,27 +43,27 @@ def test_predictions_keep_topk_in_order():
 
 def test_missing_record_names_the_notebook(tmp_path):
     with pytest.raises(R.MissingRunError, match="02_ignite.ipynb"):
-        R.RunRecord.at(tmp_path, "demo", "ignite", "transfer").history
+        R.RunRecord(tmp_path, "demo", "ignite", "transfer").history
 
 
 def test_meta_round_trips_and_an_old_record_says_what_to_do(tmp_path):
-    record = R.RunRecord.at(tmp_path, "toy", "plain", "transfer")
+    record = R.RunRecord(tmp_path, "toy", "plain", "transfer")
     record.write_history([])  # an empty history is still a history
     record.write_predictions(R.predictions_frame([], np.zeros(0, int), np.zeros((0, 3)), ["a", "b", "c"], 3))
     record.write_meta(make_meta(top_k=3))
-    again = R.RunRecord.at(tmp_path, "toy", "plain", "transfer")
+    again = R.RunRecord(tmp_path, "toy", "plain", "transfer")
     assert again.meta == make_meta(top_k=3) and again.meta.train_counts().to_dict() == {"a": 5, "b": 7, "c": 9}
     old = json.loads(record.meta_file.read_text())
     del old["schema"], old["top_k"]
     old["test_top5"] = 1.0
     record.meta_file.write_text(json.dumps(old))
     with pytest.raises(R.OldRecordError, match="another version of the suite.*01_plain_pytorch.ipynb"):
-        R.RunRecord.at(tmp_path, "toy", "plain", "transfer").meta
+        R.RunRecord(tmp_path, "toy", "plain", "transfer").meta
 
 
 def test_records_are_found_for_every_dataset_without_a_list(tmp_path):
     for dataset in ("caltech-like", "my-photos"):
-        record = R.RunRecord.at(tmp_path, dataset, "ignite", "scratch")
+        record = R.RunRecord(tmp_path, dataset, "ignite", "scratch")
         record.write_history([])
         record.write_predictions(R.predictions_frame([], np.zeros(0, int), np.zeros((0, 2)), ["a", "b"], 2))
         record.write_meta(make_meta(dataset=dataset, engine="ignite", init="scratch"))
@@ -76,7 +77,8 @@ def test_records_are_found_for_every_dataset_without_a_list(tmp_path):
 
 def test_state_round_trip_is_weights_only(tmp_path):
     import torch
-    record = R.RunRecord(tmp_path)
+    record = R.RunRecord(tmp_path, "demo", "plain", "transfer")
+    record.folder.mkdir(parents=True)
     record.save_best({"w": torch.ones(2)})
     assert torch.equal(record.load_best()["w"], torch.ones(2))
     torch.save({"obj": object()}, record.best)
@@ -129,7 +131,7 @@ def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     run = start_run(cfg, data, "plain", "scratch")
     row = R.EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, epoch_seconds=1.0)
     finish_run(run, [row], run.model.state_dict())
-    record = R.RunRecord.at(cfg.runs_dir, "demo", "plain", "scratch")
+    record = R.RunRecord(cfg.runs_dir, "demo", "plain", "scratch")
     assert record.meta.train_counts().eq(4).all() and len(record.meta.train_counts()) == 6
     assert Manifest.load(record.meta.split_manifest).counts()["train"].eq(4).all()
     assert record.meta.top_k == 3 and "top3_class" in record.predictions and "top4_class" not in record.predictions
@@ -144,8 +146,8 @@ def test_class_names_that_look_like_numbers_stay_strings_in_every_table(tmp_path
     from common.data.split import Manifest, build_split
 
     probs = np.eye(len(NUMBER_LIKE))[[2, 4, 5, 0]] * 0.9 + 0.1 / len(NUMBER_LIKE)
-    record = R.RunRecord(tmp_path / "run")
-    record.folder.mkdir()
+    record = R.RunRecord(tmp_path, "demo", "plain", "transfer")
+    record.folder.mkdir(parents=True)
     files = ["001/a.jpg", "2019/b.jpg", "None/c.jpg", "0/d.jpg"]
     record.write_predictions(R.predictions_frame(files, np.array([2, 3, 5, 0]), probs, NUMBER_LIKE, k=3))
     back = record.predictions

@@ -30,7 +30,7 @@ def notebook_as_script(name: str) -> str:
 
 
 def resume_marker(runs, engine):
-    record = RunRecord.at(runs, "demo", engine, "transfer")
+    record = RunRecord(runs, "demo", engine, "transfer")
     return record.lightning_last if engine == "lightning" else record.resume
 
 
@@ -58,14 +58,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, stages, reque
     # commits an fsspec transaction), so kill at once: the run is now inside its second epoch.
     proc.kill()  # SIGKILL: no exception handler, no clean-up
     proc.wait()
-    assert not RunRecord.at(runs, "demo", engine, "transfer").history_file.exists(), "killed too late to test resume"
+    assert not RunRecord(runs, "demo", engine, "transfer").history_file.exists(), "killed too late to test resume"
 
     done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming" in done.stdout
     for init in ("transfer", "scratch"):
-        resumed = RunRecord.at(runs, "demo", engine, init).history
+        resumed = RunRecord(runs, "demo", engine, init).history
         reference = reference_runs[(engine, init)].history
         assert len(resumed) == len(reference)
         np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)

@@ -23,7 +23,7 @@ def bf16_numbered(tmp_path_factory):
     root = make_demo_dataset(base / "numbers", images_per_class=12, image_size=48, seed=5, classes=CLASSES)
     env = dict(tiny_env(base), TL_DATASET=str(root), TL_PRECISION="bf16")
     executed = {name: run_notebook(name, env) for name in ("01_plain_pytorch.ipynb", *READERS)}
-    return executed, {init: RunRecord.at(base / "runs", root.name, "plain", init) for init in INITS}
+    return executed, {init: RunRecord(base / "runs", root.name, "plain", init) for init in INITS}
 
 
 def test_the_record_was_made_in_bf16_with_classes_named_by_numbers(bf16_numbered):
@@ -57,7 +57,7 @@ def test_the_bf16_tolerance_passes_the_model_in_fp32_and_fails_other_weights(bf1
     model, info = load_model(record)
     assert check_reproduction(record.predictions, reproduce_test(model, info, record.predictions, plan), plan).ok
     with torch.no_grad():
-        model.head.weight.add_(torch.randn_like(model.head.weight))
+        model.classifier.weight.add_(torch.randn_like(model.classifier.weight))
     assert not check_reproduction(record.predictions, reproduce_test(model, info, record.predictions, plan), plan).ok
 
 

@@ -11,7 +11,7 @@ from common.config import load_config
 from common.train.run import make_optimizer, make_scheduler
 
 BLOCK_OF_KEY = {"trunk.0": "stem", "trunk.1": "stem", "trunk.4": "layer1", "trunk.5": "layer2", "trunk.6": "layer3",
-                "layer4": "layer4", "head": "head"}
+                "layer4": "layer4", "classifier": "head"}  # the head block: pool, dropout and the classifier
 
 
 def block_of(key: str) -> str:
@@ -128,7 +128,9 @@ def test_every_mode_has_one_state_dict_layout_and_the_recipe_is_the_default():
     assert default.trainable_blocks == ("layer4", "head")
     assert list(default.state_dict()) == list(make("all").state_dict()) == list(make("head").state_dict())
     assert M.resolve_mode("transfer") == "layer4" and M.resolve_mode("scratch", "layer4") == "scratch"
-    assert M.resolve_mode("transfer", "head") == "head" and M.resolve_mode("layer3") == "layer3"
+    assert M.resolve_mode("transfer", "head") == "head"
+    with pytest.raises(ValueError, match="trainable='layer3'"):  # init says how weights start, not how much trains
+        M.resolve_mode("layer3")
     with pytest.raises(ValueError, match="head, layer4, layer3, all, scratch"):
         M.resolve_mode("transfer", "layer2")
 
@@ -171,4 +173,4 @@ def test_records_say_what_trained():
     meta = make_meta(trainable="layer3", block_lrs={"layer3": 1e-5, "layer4": 1e-4, "head": 1e-3}, schedule="onecycle")
     again = RunMeta.from_json(meta.to_json(), source=None)
     assert again.trainable == "layer3" and again.block_lrs["layer3"] == 1e-5 and again.schedule == "onecycle"
-    assert make_meta(init="head", weights_source="random").random_transfer
+    assert make_meta(trainable="head", weights_source="random").random_transfer

@@ -35,7 +35,7 @@ def test_the_reproduction_check_fails_for_other_weights(engine_runs):
     run = engine_runs[("plain", "transfer")]
     model, info = load_model(run)
     with torch.no_grad():
-        model.head.weight.add_(0.05 * torch.randn_like(model.head.weight))
+        model.classifier.weight.add_(0.05 * torch.randn_like(model.classifier.weight))
     plan = Reproduction.plan(run.meta, torch.device("cpu"))
     check = check_reproduction(run.predictions, reproduce_test(model, info, run.predictions, plan), plan)
     assert not check.ok and "NOT reproduced" in check.describe()
@@ -223,7 +223,7 @@ def test_gradcam_runs_on_the_frozen_transfer_model(transfer):
     torch.manual_seed(0)
     x = torch.randn(2, 3, info.image_size, info.image_size)
     with torch.no_grad():  # the class with the most evidence from the features has a map that is not blank
-        target = (model.eval()(x) - model.head.bias).argmax(1).tolist()
+        target = (model.eval()(x) - model.classifier.bias).argmax(1).tolist()
         cam = gradcam(model.train(), x, target=target)  # even when called from a no-grad context
     assert cam.shape == (2, info.image_size, info.image_size) and not model.training
     # Gradients reached layer4 (without them Captum raises), and each map is scaled to a peak of 1.
@@ -276,7 +276,9 @@ def test_onnx_and_exported_program_match_eager(transfer, tmp_path):
     model, info = transfer
     x = torch.randn(5, 3, info.image_size, info.image_size)
     from common.results.records import RunRecord
-    out = export_all(model, info.image_size, RunRecord(tmp_path), x)
+    record = RunRecord(tmp_path, "demo", "plain", "transfer")
+    record.folder.mkdir(parents=True)
+    out = export_all(model, info.image_size, record, x)
     assert out["paths"]["onnx"].is_file() and out["paths"]["program"].is_file()
     assert set(out["parity"]) == {"torch.export", "onnxruntime"}
     assert max(out["parity"].values()) <= 1e-4, out["parity"]

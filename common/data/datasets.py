@@ -1,4 +1,4 @@
-"""Datasets and loaders: the data as trained, two-stage transforms, the decode-once cache, seeded batch order.
+"""Datasets and loaders: the data as trained, decode-then-augment transforms, the decode-once cache, seeded batch order.
 
 ``prepare_data`` gives the data a run trains on (the budget's caps applied); loaders give batches whose
 order and augmentation depend on the seed and the epoch alone."""
@@ -80,8 +80,8 @@ def cache_decoded_images(cfg: Config, data: DataBundle) -> None:
 
 
 @dataclass(frozen=True)
-class TwoStage:
-    """An image's way to the model in two stages, so that the first can be done once and kept.
+class DecodeThenAugment:
+    """An image's way to the model in two steps, so that the first can be done once and kept.
 
     ``decode`` is deterministic (PIL image to a uint8 tensor of a fixed square size): it is what the
     decode-once cache stores. ``augment`` runs every epoch on that tensor (random crop and flip for
@@ -94,14 +94,14 @@ class TwoStage:
         return self.augment(self.decode(img))
 
 
-def build_transforms(image_size: int, mean, std) -> dict[str, TwoStage]:
+def build_transforms(image_size: int, mean, std) -> dict[str, DecodeThenAugment]:
     """Training: centre square at ``image_size``, then random resized crop and flip every epoch.
     Evaluation: resize to 8/7 of the size and centre crop (the ImageNet convention), done once."""
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     square = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.PILToTensor()])
-    train = TwoStage(square, v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+    train = DecodeThenAugment(square, v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
                                          v2.RandomHorizontalFlip(), *finish]))
-    evaluate = TwoStage(v2.Compose([v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size),
+    evaluate = DecodeThenAugment(v2.Compose([v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size),
                                     v2.PILToTensor()]), v2.Compose(finish))
     return {"train": train, "validation": evaluate, "test": evaluate}
 
@@ -125,7 +125,7 @@ class ImageListDataset(Dataset):
     Augmentation then depends on nothing else: not on the global RNG, not on worker
     processes, not on how many iterators an engine creates or how far it prefetches.
 
-    With a :class:`TwoStage` transform, :meth:`cache_in_memory` decodes every image once;
+    With a :class:`DecodeThenAugment` transform, :meth:`cache_in_memory` decodes every image once;
     later epochs only augment. Without a transform, items are the PIL images.
     """
 
@@ -146,13 +146,13 @@ class ImageListDataset(Dataset):
         if self.cache is not None:
             return self.cache[index]
         img = open_rgb(self.root / self.paths[index], max_side=1024)
-        return self.transform.decode(img) if isinstance(self.transform, TwoStage) else img
+        return self.transform.decode(img) if isinstance(self.transform, DecodeThenAugment) else img
 
     def __getitem__(self, key: int):
         epoch, index = divmod(int(key), len(self.paths))
         img = self.decoded(index)
         if self.transform is not None:
-            augment = self.transform.augment if isinstance(self.transform, TwoStage) else self.transform
+            augment = self.transform.augment if isinstance(self.transform, DecodeThenAugment) else self.transform
             if self.seed is None:
                 img = augment(img)
             else:
@@ -172,8 +172,8 @@ class ImageListDataset(Dataset):
         memory under spawn) instead of each holding a copy."""
         if self.cache is not None or not len(self):
             return
-        if not isinstance(self.transform, TwoStage):
-            raise TypeError("Only a dataset with a TwoStage transform can be cached (its first stage is what is kept).")
+        if not isinstance(self.transform, DecodeThenAugment):
+            raise TypeError("Only a dataset with a DecodeThenAugment transform can be cached (its decode step is what is kept).")
         from tqdm.auto import tqdm
         first = self.decoded(0)
         cache = torch.empty((len(self), *first.shape), dtype=torch.uint8)

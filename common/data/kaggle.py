@@ -88,7 +88,8 @@ def _how_to_add_credentials() -> str:
             "  - on Colab: add a secret named KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY) in the key "
             "panel on the left and allow this notebook to read it;\n"
             "  - set the environment variable KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY);\n"
-            f"  - or save kaggle.json as {config / 'kaggle.json'} (chmod 600).\n"
+            f"  - or save kaggle.json as {config / 'kaggle.json'} (chmod 600), for example from a cell:\n"
+            "    from common.data.kaggle import save_kaggle_json; save_kaggle_json(\"<username>\", \"<key>\")\n"
             "On Kaggle itself no download is needed: attach the dataset with 'Add Input'.\n"
             "Or set TL_DATASET=demo to run on the offline demo data.")
 

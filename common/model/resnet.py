@@ -66,7 +66,7 @@ class TransferResNet(nn.Module):
         self.layer4 = body[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2048, num_classes)
+        self.classifier = nn.Linear(2048, num_classes)
         self.frozen = _FROZEN[check_trainable(trainable)]  # how many leading BLOCKS are frozen
         for name, modules in self.blocks().items():
             for m in modules:
@@ -77,7 +77,7 @@ class TransferResNet(nn.Module):
         """The modules of each block in :data:`BLOCKS`, in network order."""
         t = self.trunk
         return dict(stem=list(t[:4]), layer1=[t[4]], layer2=[t[5]], layer3=[t[6]], layer4=[self.layer4],
-                    head=[self.pool, self.dropout, self.head])
+                    head=[self.pool, self.dropout, self.classifier])
 
     @property
     def trainable_blocks(self) -> tuple[str, ...]:
@@ -124,7 +124,7 @@ class TransferResNet(nn.Module):
                 "model.unfreeze('<block>') instead (then make the optimizer again, as common.train.run.enter_stage does).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.classifier(self.dropout(self.features(x)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled 2048-d features the head reads (what ``common.train.features`` computes once in head mode)."""
@@ -146,24 +146,23 @@ class TransferResNet(nn.Module):
 
 
 def resolve_mode(init: str, trainable: str | None = None) -> str:
-    """What trains in a run: ``init`` is ``"transfer"`` (then ``trainable``, default ``"layer4"``, says how
-    much), ``"scratch"``, or a mode from :data:`TRAINABLE` itself (as notebook 05 names its runs)."""
+    """What trains in a run: ``init`` (how the weights start) is ``"transfer"``, and then ``trainable`` (default
+    ``"layer4"``) says how much trains, or ``"scratch"``, where everything trains."""
     if init == "transfer":
         mode = check_trainable(trainable or "layer4")
         if mode == "scratch":
             raise ValueError("trainable='scratch' means random weights: use init='scratch' for that run.")
         return mode
-    if init in TRAINABLE:
-        if trainable not in (None, init) and init != "scratch":
-            raise ValueError(f"init={init!r} already says what trains; trainable={trainable!r} contradicts it.")
-        return init
-    raise ValueError(f"init must be 'transfer', 'scratch' or one of {', '.join(TRAINABLE)}, not {init!r}")
+    if init == "scratch":
+        return "scratch"
+    hint = f" (how much trains is trainable={init!r})" if init in TRAINABLE else ""
+    raise ValueError(f"init is 'transfer' or 'scratch', not {init!r}{hint}")
 
 
 def build_model(num_classes: int, init: str, weights: str = "auto", dropout: float = 0.2,
                 weights_dir: Path | None = None, trainable: str | None = None) -> tuple[TransferResNet, WeightsInfo]:
     """``init="transfer"``: pretrained weights, frozen except layer4 (or as ``trainable`` says: head, layer4,
-    layer3, all). ``init="scratch"``: random, all trainable. ``init`` may also name the mode itself."""
+    layer3, all). ``init="scratch"``: random, all trainable."""
     mode = resolve_mode(init, trainable)
     if mode == "scratch":
         return TransferResNet(resnet50(weights=None), num_classes, dropout, trainable="all"), WeightsInfo("random")

@@ -101,9 +101,9 @@ def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
     rows = []
     for record in records.values():
         last = record.history.iloc[-1]
-        rows.append(dict(run=record.label, epoch=int(last["epoch"]), train_acc=last["train_acc"], val_acc=last["val_acc"],
+        rows.append(dict(engine=record.engine, run=record.name, epoch=int(last["epoch"]), train_acc=last["train_acc"], val_acc=last["val_acc"],
                          acc_gap=last["train_acc"] - last["val_acc"], loss_gap=last["val_loss"] - last["train_loss"]))
-    return pd.DataFrame(rows).set_index("run")
+    return pd.DataFrame(rows).set_index(["engine", "run"])
 
 
 def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:

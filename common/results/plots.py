@@ -42,7 +42,7 @@ def caption_text(dataset: str, budget: str, fallbacks=()) -> str:
     return text
 
 
-def label_text(*metas) -> str:
+def caption_for(*metas) -> str:
     """The caption for figures made from run records (their dataset, budget and fallbacks)."""
     return caption_text(metas[0].dataset, metas[0].budget, [f for meta in metas for f in meta.fallbacks])
 

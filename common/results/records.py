@@ -1,7 +1,8 @@
 """The run record: the one contract between the engines, the comparison and the notebooks that use a model.
 
-A run (one dataset, one engine, one initialisation) lives in ``runs/<dataset>/<engine>-<init>/``.
-:class:`RunRecord` names every file in it (history, test predictions, metadata, best and last
+A run (one dataset, one engine, one initialisation) lives in ``runs/<dataset>/<engine>-<name>/``, its name
+being its initialisation (or, in notebook 05, the mode it trained). :class:`RunRecord` is keyed by those
+fields, never parsed back out of a folder's name, and names every file in the folder (history, test predictions, metadata, best and last
 weights, the resume point, each engine's own folder) and reads and writes them; no other module or
 notebook spells those names. :class:`RunMeta` is the metadata, typed and versioned: a record
 written by an older version of the suite gives a clear message instead of a KeyError.
@@ -25,7 +26,7 @@ from common.io import load_state, read_csv_as_text, save_state, write_csv_atomic
 ENGINES = ("plain", "ignite", "lightning")
 INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tables, loops
 ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}  # who writes each engine's records
-SCHEMA_VERSION = 3  # 3: stages (two-stage fine-tuning) in the meta, a stage column in the history
+SCHEMA_VERSION = 4  # 4: init is transfer or scratch only, world (was world_size), the linear layer is "classifier"
 FIGURES = "figures"
 
 
@@ -57,7 +58,7 @@ class OldRecordError(ValueError):
 class RunMeta:
     """What a run was: its settings, data, model and outcome (``meta.json``)."""
     engine: str
-    init: str
+    init: str  # transfer | scratch: how the weights started (how much then trained: trainable)
     dataset: str
     dataset_root: str
     is_demo_data: bool
@@ -90,7 +91,7 @@ class RunMeta:
     clip_grad_norm: float = 0.0  # 0: no clipping
     stages: list[dict] = field(default_factory=list)  # common.train.run.Stage as dicts: epochs, what trained, head lr
     steps_per_epoch: int = 0  # optimizer steps (batches) per training epoch: what a per-batch schedule counts
-    world_size: int = 1  # processes that trained the run together (data-parallel), each on its share of every batch
+    world: int = 1  # processes that trained the run together (torch: world_size), each on its share of every batch
     schema: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)  # anything an engine or a later lesson adds
 
@@ -121,11 +122,14 @@ class RunMeta:
 @dataclass(frozen=True)
 class RunRecord:
     """One run's folder and every file in it. Paths are attributes; the contents load on first use."""
-    folder: Path
+    runs_dir: Path
+    dataset: str
+    engine: str  # one of ENGINES
+    name: str  # the run's initialisation (INITS), or the name a lesson gave it ("layer3", "two-stage")
 
-    @classmethod
-    def at(cls, runs_dir: Path, dataset: str, engine: str, init: str) -> "RunRecord":
-        return cls(Path(runs_dir) / dataset / f"{engine}-{init}")
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir) / self.dataset / f"{self.engine}-{self.name}"
 
     # ------------------------------------------------------------ what is in the folder
     @property
@@ -188,23 +192,11 @@ class RunRecord:
     @property
     def figures(self) -> Path:
         """The dataset's figures folder, shared by every run of the dataset."""
-        return figures_dir(self.folder.parent.parent, self.dataset)
-
-    @property
-    def dataset(self) -> str:
-        return self.folder.parent.name
-
-    @property
-    def engine(self) -> str:
-        return self.folder.name.split("-")[0]
-
-    @property
-    def init(self) -> str:
-        return self.folder.name.split("-", 1)[1]
+        return figures_dir(self.runs_dir, self.dataset)
 
     @property
     def label(self) -> str:
-        return f"{self.engine} / {self.init}"
+        return f"{self.engine} / {self.name}"
 
     # ------------------------------------------------------------ writing
     def start_fresh(self) -> None:
@@ -282,9 +274,11 @@ def figures_dir(runs_dir: Path, dataset: str) -> Path:
 
 
 def datasets_with_records(runs_dir: Path) -> list[str]:
-    """Every dataset that has at least one complete run record, most recently written last."""
-    metas = sorted(Path(runs_dir).glob(f"*/*-*/{RunRecord(Path('x')).meta_file.name}"), key=lambda p: p.stat().st_mtime)
-    return list(dict.fromkeys(p.parent.parent.name for p in metas if RunRecord(p.parent).complete))
+    """Every dataset that has at least one complete run record of the engine notebooks, most recently written last."""
+    folders = [p for p in Path(runs_dir).iterdir() if p.is_dir()] if Path(runs_dir).is_dir() else []
+    latest = {folder.name: max(r.meta_file.stat().st_mtime for r in found.values())
+              for folder in folders if (found := find_records(runs_dir, folder.name))}
+    return sorted(latest, key=latest.get)
 
 
 def pick_dataset(runs_dir: Path, wanted: str | None = None) -> str:
@@ -301,7 +295,7 @@ def find_records(runs_dir: Path, dataset: str) -> dict[tuple[str, str], RunRecor
     out = {}
     for engine in ENGINES:
         for init in INITS:
-            record = RunRecord.at(runs_dir, dataset, engine, init)
+            record = RunRecord(runs_dir, dataset, engine, init)
             if record.complete:
                 out[(engine, init)] = record
     return out

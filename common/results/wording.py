@@ -20,13 +20,13 @@ def timing_notes(records: dict[tuple[str, str], RunRecord], spread: float = 1.5)
     return lines
 
 
-def _together(labels: list[str]) -> str:
-    """"plain / scratch", or "plain, ignite, lightning / scratch" for runs that gave the same numbers."""
-    engines = [label.split(" / ")[0] for label in labels]
-    return f"{', '.join(engines)} / {labels[0].split(' / ')[1]}" if len(labels) > 1 else labels[0]
+def _together(runs: list[tuple[str, str]]) -> str:
+    """(engine, name) pairs of one name as "plain / scratch", or "plain, ignite, lightning / scratch" for runs that
+    gave the same numbers."""
+    return f"{', '.join(engine for engine, _ in runs)} / {runs[0][1]}"
 
 
-def _grouped(items: dict[str, tuple]) -> dict[tuple, list[str]]:
+def _grouped(items: dict) -> dict[tuple, list]:
     """Labels grouped by their (rounded) numbers: the engines compute one thing, so say it once."""
     groups: dict[tuple, list[str]] = {}
     for label, key in items.items():
@@ -36,7 +36,7 @@ def _grouped(items: dict[str, tuple]) -> dict[tuple, list[str]]:
 
 def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
     """One sentence per run (runs with the same numbers together) about over- and underfitting."""
-    keys = {run: (run.split(" / ")[1], int(row["epoch"]), round(row["train_acc"], 2), round(row["val_acc"], 2),
+    keys = {run: (run[1], int(row["epoch"]), round(row["train_acc"], 2), round(row["val_acc"], 2),
                   round(row["acc_gap"], 2)) for run, row in gaps.iterrows()}
     lines = []
     for (_, epoch, train_acc, val_acc, gap), runs in _grouped(keys).items():
@@ -70,7 +70,7 @@ def data_caveats(metas) -> list[str]:
 def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     """Sentences, generated from the records, saying what these runs can and cannot show."""
     lines = data_caveats([record.meta for record in records.values()])
-    random = {r.label: dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
+    random = {(r.engine, r.name): dominant_prediction(r.predictions) for r in records.values() if r.meta.random_transfer}
     if random:
         modes = sorted({r.meta.trainable for r in records.values() if r.meta.random_transfer})
         adapts = " / ".join(_listed(trainable_blocks(mode)) for mode in modes)

@@ -5,11 +5,12 @@ same features again.
 
 :func:`cache_features` runs the frozen network once over every split with the evaluation transform
 (training images included: no augmentation). :func:`head_epoch` and :func:`head_evaluate` then train and
-evaluate ``model.head`` (after ``model.dropout``) on those features, in the batches the run's training
+evaluate ``model.classifier`` (after ``model.dropout``) on those features, in the batches the run's training
 loader would have used, so the numbers match head-only training done the slow way on the same images.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -77,11 +78,11 @@ def head_epoch(run, features: torch.Tensor, labels: torch.Tensor, epoch: int,
     for batch in epoch_batches(run.loaders["train"], epoch):
         x, y = features[batch.to(features.device)], labels[batch.to(labels.device)]
         optimizer.zero_grad(set_to_none=True)
-        logits = model.head(model.dropout(x))
+        logits = model.classifier(model.dropout(x))
         loss = criterion(logits, y)
         loss.backward()
         if run.cfg.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.head.parameters(), run.cfg.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.classifier.parameters(), run.cfg.clip_grad_norm)
         optimizer.step()
         if per_batch:
             run.scheduler.step()
@@ -96,7 +97,7 @@ def head_evaluate(run, features: torch.Tensor, labels: torch.Tensor,
                   criterion=torch.nn.functional.cross_entropy) -> tuple[float, float]:
     """Loss and accuracy of the head on cached features (eval mode: no dropout)."""
     run.model.eval()
-    logits = run.model.head(features)
+    logits = run.model.classifier(features)
     return criterion(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -105,7 +106,7 @@ def train_head_on_features(cfg, data, name: str = "head-cached", engine: str = "
     ``runs/<dataset>/<engine>-<name>/``. The same history columns as any run; ``epoch_seconds`` counts the
     head's training and validation only, and the one-off extraction is in ``meta.extra``. Only without
     augmentation (cached features are the evaluation transform's), and not resumable: it takes seconds."""
-    run = start_run(cfg, data, engine=engine, init="head", name=name)
+    run = start_run(dataclasses.replace(cfg, trainable="head"), data, engine=engine, init="transfer", name=name)
     start = time.perf_counter()
     cached = cache_features(run)
     extraction = time.perf_counter() - start

@@ -77,7 +77,7 @@ def fit(run: TrainingRun) -> list[EpochRow]:
         enter_stage(run, run.stage_for(epoch))
         run.loaders["train"].sampler.set_epoch(epoch - 1)
         start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(run, criterion, desc=f"{run.record.init} epoch {epoch}")
+        train_loss, train_acc = train_one_epoch(run, criterion, desc=f"{run.record.name} epoch {epoch}")
         val_loss, val_acc = evaluate(run, run.loaders["validation"], criterion)
         if SCHEDULE_INTERVAL[run.cfg.schedule] == "epoch":
             run.scheduler.step()
@@ -85,7 +85,7 @@ def fit(run: TrainingRun) -> list[EpochRow]:
                    val_acc=val_acc, lr=lr, epoch_seconds=time.perf_counter() - start)
         improved = progress.record(row)
         if run.is_main:
-            print(epoch_line(run.record.init, row))
+            print(epoch_line(run.record.name, row))
             if improved:
                 run.record.save_best(run.model.state_dict())
             save_resume_point(run, progress)

@@ -271,7 +271,7 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     loaders = make_loaders(data.datasets, cfg.batch_size, cfg.num_workers, cfg.seed, pin_memory=device.type == "cuda",
                            rank=rank or 0, world=world)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders["train"]), epochs=first.epochs)
-    record = RunRecord.at(cfg.runs_dir, data.source.name, engine, name or init)
+    record = RunRecord(cfg.runs_dir, data.source.name, engine, name or init)
     if not rank:
         record.start_fresh()
     net = data_parallel(model, device) if forked else model
@@ -310,6 +310,6 @@ def finish_run(run: TrainingRun, history: list[EpochRow], best_state: dict, extr
         test_acc=accuracy(probs, targets), top_k=cfg.top_k, test_topk_acc=topk_accuracy(probs, targets, cfg.top_k),
         trainable=run.stages[-1].trainable, block_lrs=block_rates(model, cfg, lr=run.stage_for(len(hist)).lr),
         schedule=cfg.schedule, clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
-        steps_per_epoch=len(run.loaders["train"]), world_size=run.world, extra=dict(extra or {}))
+        steps_per_epoch=len(run.loaders["train"]), world=run.world, extra=dict(extra or {}))
     record.write_meta(meta)
     return meta

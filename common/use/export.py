@@ -21,7 +21,7 @@ def plain_view(model: nn.Module) -> nn.Sequential:
     ``TransferResNet.forward`` switches grad mode and checks the memory format: control flow that
     exporters trip on and that inference does not need. In eval mode dropout is the identity, so the
     view computes the same logits (the parity checks below prove it against the model itself)."""
-    return nn.Sequential(model.trunk, model.layer4, model.pool, nn.Flatten(1), model.head).eval()
+    return nn.Sequential(model.trunk, model.layer4, model.pool, nn.Flatten(1), model.classifier).eval()
 
 
 def _quiet():

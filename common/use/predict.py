@@ -11,7 +11,7 @@ from torchvision.models import resnet50
 
 from common.data.datasets import build_transforms
 from common.io import write_text_atomic
-from common.model.resnet import TransferResNet, resolve_mode
+from common.model.resnet import TransferResNet
 from common.model.weights import imagenet_normalisation
 from common.results.records import RunMeta, RunRecord, predictions_frame
 from common.data.scan import RGB_MODES, check_image, open_rgb
@@ -44,7 +44,7 @@ def load_model(record: RunRecord, device: torch.device | str = "cpu") -> tuple[T
     where there is one: predicting a whole test split on Colab's two CPU cores takes minutes)."""
     meta = record.meta
     model = TransferResNet(resnet50(weights=None), len(meta.class_names), meta.config["dropout"],
-                           trainable=resolve_mode(meta.init, meta.config.get("trainable")))
+                           trainable="all" if meta.trainable == "scratch" else meta.trainable)
     model.load_state_dict(record.load_best())
     mean, std = imagenet_normalisation()
     info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta)
