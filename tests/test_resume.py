@@ -107,3 +107,28 @@ def test_checkpoints_load_weights_only(tmp_path):
         load_state(tmp_path / "evil.pt")
     torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "plain.pt")
     assert torch.equal(load_state(tmp_path / "plain.pt")["model"]["w"], torch.ones(1))
+
+
+def test_a_finished_run_keeps_each_thing_once_and_is_not_trained_again(engine_runs, tiny_base, monkeypatch, capsys):
+    """After the engine notebooks: each run's folder holds its record, best and last weights, and no resume point or
+    engine checkpoint (the same weights again, and the optimizer's state); the same settings find the run done,
+    other settings or resume=False do not."""
+    from conftest import tiny_env
+
+    from common.train.resume import finished_run
+    for (engine, init), record in engine_runs.items():
+        assert record.best.is_file() and record.last.is_file() and not record.resume.exists()
+        assert record.engine_checkpoints is None or not record.engine_checkpoints.exists()
+        size = sum(p.stat().st_size for p in record.folder.rglob("*") if p.is_file())
+        assert size <= 250 * 2 ** 20, (record.label, size)
+    for name, value in tiny_env(tiny_base).items():
+        if name.startswith("TL_"):
+            monkeypatch.setenv(name, value)
+    cfg = load_config()
+    data = prepare_data(cfg)
+    for (engine, init), record in engine_runs.items():
+        assert finished_run(cfg, data, engine, init) == record.meta
+    assert "finished earlier with these settings" in capsys.readouterr().out
+    assert finished_run(load_config(lr=cfg.lr * 2), data, "plain", "transfer") is None
+    assert finished_run(load_config(resume=False), data, "plain", "transfer") is None
+    assert finished_run(cfg, data, "plain", "transfer", world=2) is None

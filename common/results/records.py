@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ INITS = ("transfer", "scratch")  # listed in this order everywhere: figures, tab
 ENGINE_NOTEBOOKS = {"plain": "01_plain_pytorch.ipynb", "ignite": "02_ignite.ipynb", "lightning": "03_lightning.ipynb"}  # who writes each engine's records
 SCHEMA_VERSION = 4  # 4: init is transfer or scratch only, world (was world_size), the linear layer is "classifier"
 FIGURES = "figures"
+EXPORTS = "exports"
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,11 @@ class RunRecord:
         return self.folder / self.engine
 
     @property
+    def engine_checkpoints(self) -> Path | None:
+        """The folder of the engine's own checkpoints (Ignite's, Lightning's; the plain loop has none)."""
+        return {"ignite": self.engine_dir, "lightning": self.lightning_checkpoints}.get(self.engine)
+
+    @property
     def lightning_checkpoints(self) -> Path:
         """Where Lightning's ModelCheckpoint callbacks write (apart from its logger's folder)."""
         return self.engine_dir / "checkpoints"
@@ -175,19 +182,25 @@ class RunRecord:
         return self.lightning_checkpoints / "last.ckpt"
 
     @property
+    def exports(self) -> Path:
+        """Where notebook 06 exports the model (beside the runs: a run's folder keeps its weights once):
+        ``runs/<dataset>/exports/<engine>-<name>/``."""
+        return Path(self.runs_dir) / self.dataset / EXPORTS / self.folder.name
+
+    @property
     def exported_program(self) -> Path:
         """The model as a ``torch.export`` program (notebook 06)."""
-        return self.folder / "model.pt2"
+        return self.exports / "model.pt2"
 
     @property
     def onnx_model(self) -> Path:
         """The model as an ONNX file (notebook 06)."""
-        return self.folder / "model.onnx"
+        return self.exports / "model.onnx"
 
     @property
     def latency(self) -> Path:
         """Latency of eager PyTorch against ONNX Runtime (notebook 06)."""
-        return self.folder / "latency.csv"
+        return self.exports / "latency.csv"
 
     @property
     def figures(self) -> Path:
@@ -222,6 +235,13 @@ class RunRecord:
 
     def save_last(self, state: dict) -> None:
         save_state(self.last, state)
+
+    def drop_resume_state(self) -> None:
+        """Once a run has finished, its resume point and the engine's own checkpoints go: they hold the weights
+        again, and the optimizer's state that only an unfinished run needs (a run's folder keeps each thing once)."""
+        self.resume.unlink(missing_ok=True)
+        if self.engine_checkpoints is not None:
+            shutil.rmtree(self.engine_checkpoints, ignore_errors=True)
 
     def load_best(self) -> dict:
         """The best weights, loaded with ``weights_only=True``."""

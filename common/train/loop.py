@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from common.config import Config
 from common.data.datasets import DataBundle
 from common.results.records import EpochRow, RunMeta
-from common.train.resume import resume_or_start, save_resume_point
+from common.train.resume import finished_run, resume_or_start, save_resume_point
 from common.train.run import SCHEDULE_INTERVAL, TrainingRun, enter_stage, epoch_line, finish_run, start_run
 
 
@@ -94,6 +94,9 @@ def fit(run: TrainingRun) -> list[EpochRow]:
 
 def train(cfg: Config, data: DataBundle, init: str, name: str | None = None, engine: str = "plain") -> RunMeta:
     """Start, fit and finish one run; its record is ``runs/<dataset>/<engine>-<name or init>/``."""
+    done = finished_run(cfg, data, engine, init, name=name)
+    if done is not None:
+        return done
     run = start_run(cfg, data, engine=engine, init=init, name=name)
     history = fit(run)
     return finish_run(run, history, run.record.load_best())

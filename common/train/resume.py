@@ -2,18 +2,23 @@
 
 The plain loop saves its record's resume point with :func:`save_resume_point`; Ignite saves the same
 objects with its ``Checkpoint`` handler; Lightning keeps :class:`RunProgress` in a callback's state.
-A resume point made under other settings, or one that cannot be read, is never used.
+A resume point made under other settings, or one that cannot be read, is never used. A run that has
+finished keeps no resume point (its record holds the best and last weights once); :func:`finished_run`
+finds it, so that running a notebook again skips what is done.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
 from common.config import Config
+from common.data.datasets import DataBundle
 from common.io import load_state, save_state
-from common.results.records import EpochRow
+from common.results.records import EpochRow, OldRecordError, RunMeta, RunRecord
+from common.runtime import pick_device, resolve_precision
 from common.train.run import TrainingRun, enter_stage
 
 # Settings that do not change the numbers a run computes (the cache holds exactly what decoding gives).
@@ -22,11 +27,34 @@ _NOT_IN_KEY = ("runs_dir", "data_dir", "num_workers", "device", "resume", "cache
 
 def resume_key(run: TrainingRun) -> dict:
     """What a run computes: a resume point made under other settings is never reused."""
-    config = {k: v for k, v in run.cfg.as_dict().items() if k not in _NOT_IN_KEY}
+    return _key(run.cfg.as_dict(), run.precision, run.data.fingerprint, run.engine, run.init, run.world)
+
+
+def _key(config: dict, precision: str, split: str, engine: str, init: str, world: int) -> dict:
+    config = {k: v for k, v in config.items() if k not in _NOT_IN_KEY}
     # What was resolved, not the setting: devices="auto" can mean another number of processes, and precision="auto"
     # bf16 on one GPU and fp16 on the next runtime (whose gradient scaler state would not fit).
-    config["precision"] = run.precision
-    return dict(config=config, split=run.data.fingerprint, engine=run.engine, init=run.init, world=run.world)
+    config["precision"] = precision
+    return json.loads(json.dumps(dict(config=config, split=split, engine=engine, init=init, world=world), default=str))
+
+
+def finished_run(cfg: Config, data: DataBundle, engine: str, init: str, world: int = 1,
+                 name: str | None = None) -> RunMeta | None:
+    """The record of this very run (same settings, split, engine, initialisation, precision and processes) if it
+    has already finished and resuming is on, else None: a notebook run again skips the runs that are done."""
+    record = RunRecord(cfg.runs_dir, data.source.name, engine, name or init)
+    if not cfg.resume or not record.complete:
+        return None
+    try:
+        meta = record.meta
+    except (OldRecordError, ValueError):  # another version's record, or one cut short: train again
+        return None
+    precision = resolve_precision(cfg.precision, pick_device(cfg.device))
+    if _key(meta.config, meta.precision, meta.split_fingerprint, meta.engine, meta.init, meta.world) != \
+            _key(cfg.as_dict(), precision, data.fingerprint, engine, init, world):
+        return None
+    print(f"{record.label}: finished earlier with these settings, its record is kept (resume=False trains it again).")
+    return meta
 
 
 class RunProgress:

@@ -312,4 +312,5 @@ def finish_run(run: TrainingRun, history: list[EpochRow], best_state: dict, extr
         schedule=cfg.schedule, clip_grad_norm=cfg.clip_grad_norm, stages=[dataclasses.asdict(stage) for stage in run.stages],
         steps_per_epoch=len(run.loaders["train"]), world=run.world, extra=dict(extra or {}))
     record.write_meta(meta)
+    record.drop_resume_state()  # last, so that a kill before this line still finds the run to finish
     return meta

@@ -118,5 +118,5 @@ def export_all(model: nn.Module, image_size: int, record: RunRecord, check: torc
 
 
 def save_latency(table: pd.DataFrame, record: RunRecord) -> Path:
-    """Write the latency table as CSV in the run's folder."""
+    """Write the latency table as CSV beside the exported model."""
     return write_csv_atomic(record.latency, table)
