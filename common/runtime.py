@@ -20,14 +20,16 @@ _SPLIT_FOLDERS = ("train", "training", "validation", "val", "valid", "test", "te
 _SHOWN_BANNERS: set[str] = set()
 
 
-def loud(message: str) -> None:
-    """Print a banner no one can miss, once per process: one banner per fallback in a notebook, however many
-    runs take it (the run records and figure captions keep it for later). Printed only, not also warned."""
-    if message in _SHOWN_BANNERS:
+def loud(problem: str, remedy: str) -> None:
+    """A fallback's banner, in two lines no one can miss: what is missing and what is used instead, then how to
+    supply it. Once per process: one banner per fallback in a notebook, however many runs take it (the run
+    records and figure captions keep it for later). Printed only, not also warned."""
+    if "\n" in problem + remedy:
+        raise ValueError("A fallback banner is two lines: the problem and the remedy, each without a line break.")
+    if (problem, remedy) in _SHOWN_BANNERS:
         return
-    _SHOWN_BANNERS.add(message)
-    bar = "!" * 78
-    print(f"{bar}\n{message}\n{bar}", flush=True)
+    _SHOWN_BANNERS.add((problem, remedy))
+    print(f"!! FALLBACK: {problem}\n!! {remedy}", flush=True)
 
 
 def detect_runtime() -> str:
@@ -201,19 +203,19 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
         raise ValueError(f"devices={devices!r} asks for {wanted} processes, but this machine shows {gpus} GPU(s): "
                          f"use devices='auto' (all {gpus}), a number up to {gpus}, or device='cpu' for CPU processes.")
     if platform.system() != "Linux" or "fork" not in torch.multiprocessing.get_all_start_methods():
-        loud(f"FALLBACK: devices={devices!r}, but several processes are started by fork from the notebook, which "
-             f"{platform.system()} notebooks do not offer safely. Training on ONE device. To use several, run the "
-             "training as a script under torchrun on Linux (README, 'Several devices').")
+        loud(f"devices={devices!r} needs processes forked from the notebook, which {platform.system()} notebooks do not "
+             "offer safely: training on ONE device.",
+             "To use several, run the training as a script under torchrun on Linux (README, 'Several devices').")
         return 1
     if gpus and visible_gpus().capabilities is None and not torch.cuda.is_initialized():
-        loud(f"FALLBACK: devices={devices!r}, but the driver's NVML library did not answer, so counting the GPUs "
-             "went through the CUDA runtime, after which forked processes cannot use CUDA. Training on ONE device. "
+        loud(f"devices={devices!r}, but the driver's NVML library did not answer, so counting the GPUs started CUDA, "
+             "after which forked processes cannot use it: training on ONE device.",
              "To use all GPUs, run the training as a script under torchrun (README, 'Several devices').")
         return 1
     if gpus and torch.cuda.is_initialized():
-        loud(f"FALLBACK: devices={devices!r}, but CUDA is already initialised in this kernel (something ran on the "
-             "GPU before), and processes cannot be forked from it. Training on ONE device. To use all GPUs: "
-             "restart the kernel and set devices in the first configuration cell, before anything runs on the GPU.")
+        loud(f"devices={devices!r}, but something already ran on the GPU in this kernel, and processes cannot be "
+             "forked from it: training on ONE device.",
+             "To use all GPUs, restart the kernel and set devices in the first configuration cell.")
         return 1
     return wanted
 

@@ -8,7 +8,7 @@ import re
 import nbformat
 import numpy as np
 import pytest
-from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TINY, TWO_STAGE, things_to_try
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TINY, things_to_try
 
 from common.train import loop
 from common.config import load_config
@@ -21,7 +21,7 @@ ROOT = NOTEBOOKS.parent
 ALL = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 # What must never reach a learner's eyes in an executed notebook.
 NOISE = re.compile(r"Traceback|Exception ignored|[A-Za-z]*Warning\b|warn\(|GPU available|💡|Tip:|litlogger|"
-                   r"litmodels|`Trainer.fit` stopped|\d+%\|")
+                   r"litmodels|`Trainer.fit` stopped|\d+%\||Downloading:")
 
 
 def _texts(cell) -> list[tuple[str, str]]:
@@ -94,12 +94,36 @@ def test_the_setup_cell_is_collapsed_with_a_title(name):
     assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
 
 
-@pytest.mark.parametrize("stages", ["one stage", "two-stage"])
-def test_common_loop_computes_what_notebook_01s_loop_computes(stages, request, tiny_base, tmp_path, monkeypatch):
-    """``common.train.loop`` is notebook 01's loop as a tested function (notebook 05 trains with it): same history."""
-    two = stages == "two-stage"
-    reference = request.getfixturevalue("two_stage_runs" if two else "engine_runs")
-    for name, value in {**TINY, **(TWO_STAGE if two else {})}.items():
+def _exporter():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("export_lessons", ROOT / "scripts" / "export_lessons.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_taught_loop_is_common_loop_and_drift_is_caught(tmp_path, monkeypatch):
+    """One source: common/train/loop.py is notebook 01's cells marked for export, and a change to either is caught."""
+    import shutil
+    exporter = _exporter()
+    assert exporter.main(check=True) == 0
+    for notebook, (module, _) in exporter.EXPORTS.items():
+        for path in (notebook, module):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / path, tmp_path / path)
+    monkeypatch.setattr(exporter, "ROOT", tmp_path)
+    taught = tmp_path / "notebooks" / "01_plain_pytorch.ipynb"
+    taught.write_text(taught.read_text().replace("optimizer.zero_grad(set_to_none=True)", "optimizer.zero_grad()", 1))
+    assert exporter.main(check=True) == 1  # the lesson changed, the module did not
+    assert exporter.main(check=False) == 0 and "optimizer.zero_grad()" in (tmp_path / "common/train/loop.py").read_text()
+    (tmp_path / "common/train/loop.py").write_text((ROOT / "common/train/loop.py").read_text())
+    assert exporter.main(check=True) == 1  # the module changed by hand
+
+
+def test_common_loop_computes_what_notebook_01s_loop_computes(engine_runs, tiny_base, tmp_path, monkeypatch):
+    """``common.train.loop`` runs as a library module what notebook 01 ran in its kernel: the same history."""
+    reference = engine_runs
+    for name, value in TINY.items():
         monkeypatch.setenv(name, value)
     cfg = load_config(data_dir=tiny_base / "data", runs_dir=tmp_path / "runs")
     data = prepare_data(cfg)

@@ -119,11 +119,13 @@ def test_auto_falls_back_loudly_and_says_so(monkeypatch, capsys):
 
 def test_a_fallback_banner_shows_once_per_kernel(capsys):
     from common.runtime import loud
-    loud("FALLBACK: something\nwhat to do")
-    loud("FALLBACK: something\nwhat to do")  # a second run in the same notebook takes the same fallback
-    loud("FALLBACK: something else")
+    loud("something", "what to do")
+    loud("something", "what to do")  # a second run in the same notebook takes the same fallback
+    loud("something else", "what to do")
     out = capsys.readouterr().out
-    assert out.count("FALLBACK: something\n") == 1 and out.count("FALLBACK: something else") == 1
+    assert out == "!! FALLBACK: something\n!! what to do\n!! FALLBACK: something else\n!! what to do\n"
+    with pytest.raises(ValueError, match="two lines"):
+        loud("what is missing\nand more", "what to do")
 
 
 def test_the_random_fallback_is_the_same_network_on_the_first_call_and_later(monkeypatch, tmp_path):

@@ -199,10 +199,10 @@ def resolve_dataset(cfg: Config) -> DataSource:
         found = real_dataset(VEGETABLES, cfg, download=on_platform)
         if found is not None:
             return DataSource("vegetables", found)
-        loud("FALLBACK: using the OFFLINE DEMO dataset (procedurally drawn toy vegetables), not the real one.\n"
-             f"The Kaggle Vegetable Image Dataset was not found in {cfg.data_dir / VEGETABLES.folder} or under "
-             f"{KAGGLE_INPUT}.\nTo download it, use load_config(dataset=\"vegetables\") in the notebooks, or set "
-             "TL_DATASET=vegetables (Kaggle credentials needed, see README); dataset=\"demo\" silences this notice.")
+        loud(f"the Vegetable Image Dataset is not in {cfg.data_dir / VEGETABLES.folder} nor under {KAGGLE_INPUT}: "
+             "using the OFFLINE DEMO data (drawn toy vegetables).",
+             "To download it: load_config(dataset=\"vegetables\") or TL_DATASET=vegetables (Kaggle credentials: "
+             "README, 'When something is missing'); dataset=\"demo\" silences this.")
         source = demo_source(cfg)
         source.fallback = "real dataset unavailable: offline demo data used"
         return source

@@ -6,6 +6,8 @@ datasets, torch's hub cache).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +61,15 @@ def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
     and the random fallback is the same network on the first call as on every later one."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
     model_dir = None if weights_dir is None or cached.is_file() else str(weights_dir)
-    state = IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=model_dir)
+    target = Path(model_dir) / IMAGENET_FILE if model_dir else cached
+    if target.is_file():
+        state = IMAGENET_WEIGHTS.get_state_dict(progress=False, model_dir=model_dir)
+    else:
+        # torch announces "Downloading: ..." before it knows whether the network answers; offline, that line would
+        # stand right above the fallback's banner. Its own line comes once the file is here.
+        with contextlib.redirect_stderr(io.StringIO()):
+            state = IMAGENET_WEIGHTS.get_state_dict(progress=False, model_dir=model_dir)
+        print(f"ImageNet weights downloaded into {target.parent}.")
     model = resnet50(weights=None)
     model.load_state_dict(state)
     return model
@@ -86,8 +96,10 @@ def load_backbone(weights: str = "auto", weights_dir: Path | None = None) -> tup
             problem = f"The ImageNet weights could not be loaded ({type(exc).__name__}: {exc})."
             if weights == "imagenet":
                 raise WeightsError(f"{problem}\n{_how_to_supply()}") from exc
-            loud(f"FALLBACK: {problem}\nUsing RANDOM weights instead: the 'transfer' runs transfer nothing.\n"
-                 f"{_how_to_supply()}")
+            folder = weights_dir or Path(torch.hub.get_dir()) / "checkpoints"
+            loud(f"no ImageNet weights ({type(exc).__name__}): using RANDOM weights, so the 'transfer' runs transfer "
+                 "nothing.", f"To supply them: put {IMAGENET_FILE} in {folder} (on Kaggle: attach it as input) or "
+                 f"load_config(weights=\"/path/to/{IMAGENET_FILE}\"); weights=\"random\" silences this.")
             _UNAVAILABLE["imagenet"] = WeightsInfo("random", fallback="imagenet weights unavailable: random weights used")
             return resnet50(weights=None), _UNAVAILABLE["imagenet"]
     return load_weights_file(Path(weights)), WeightsInfo(f"file:{weights}")
