@@ -13,8 +13,8 @@ writes, disk-full messages). Then, in the order a run goes through them:
   head-only training on features computed once (``features``);
 * ``results``: the run record (``records``), metrics (``evaluation``), tables across runs (``compare``),
   the sentences generated from them (``wording``), figures (``plots``);
-* ``use``: reload and predict (``predict``), prove the reload (``reproduce``), show answers and the upload
-  button (``show``), Grad-CAM (``explain``), export (``export``).
+* ``use``: reload and predict (``predict``), prove the reload (``reproduce``), how far to trust it (``trust``),
+  show answers and the upload button (``show``), Grad-CAM (``explain``), export (``export``).
 """
 import os
 

@@ -86,7 +86,7 @@ def test_state_round_trip_is_weights_only(tmp_path):
         record.load_best()
 
 
-RECORD_FILES = ("best.pt", "last.pt", "resume.pt", "last.ckpt", "history.csv", "predictions.csv", "meta.json")
+RECORD_FILES = ("best.pt", "last.pt", "resume.pt", "last.ckpt", "history.csv", "predictions.csv", "meta.json", "calibration.json")
 
 
 def test_no_file_name_of_the_record_is_spelled_outside_its_module():

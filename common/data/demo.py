@@ -167,3 +167,35 @@ def _csv(rows: list) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
+
+
+def draw_something_else(rng: np.random.Generator, size: int = 96) -> Image.Image:
+    """An image of no vegetable: a polygon, a texture of stripes or checks, or noise, on the demo's backgrounds.
+    What "none of these" is tried on when no folder of real other images is given."""
+    kind = rng.integers(3)
+    if kind == 2:
+        return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    img = _background(rng, size)
+    draw = ImageDraw.Draw(img)
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    if kind == 0:
+        corners = int(rng.integers(3, 9))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+        radius = size * rng.uniform(0.2, 0.45, corners)
+        cx, cy = rng.uniform(0.3, 0.7, 2) * size
+        draw.polygon([(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radius)], fill=colour)
+    else:
+        step = int(rng.integers(4, 16))
+        for i in range(0, size, step * 2):
+            draw.rectangle([i, 0, i + step, size] if rng.random() < 0.5 else [0, i, size, i + step], fill=colour)
+    return img
+
+
+def make_other_images(folder: Path, n: int, image_size: int = 96, seed: int = 0) -> Path:
+    """``n`` images of something else (:func:`draw_something_else`) in ``folder``, the same for the same seed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        draw_something_else(rng, image_size).save(folder / f"other_{i:03d}.jpg", quality=90)
+    return folder

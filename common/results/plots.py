@@ -284,3 +284,23 @@ def plot_memory(memory: pd.DataFrame, caption: str = "") -> plt.Figure:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return finish_figure(fig, "What each mode keeps in memory while it trains", caption)
+
+
+def plot_reliability(diagrams: dict[str, dict[str, pd.DataFrame]], caption: str = "") -> plt.Figure:
+    """A reliability diagram per run (``diagrams``: init -> {"before": table, "after": table}, tables from
+    ``common.use.trust.reliability``): each confidence bin's accuracy against its mean confidence, before and
+    after temperature scaling; on the diagonal a model is exactly as sure as it is right. Marker area: images."""
+    fig, axes = plt.subplots(1, len(diagrams), figsize=(3.6 * len(diagrams), 3.6), squeeze=False, sharey=True)
+    for ax, (init, tables) in zip(axes[0], sorted(diagrams.items(), key=lambda item: INITS.index(item[0]))):
+        ax.plot([0, 1], [0, 1], color=BOUNDARY_COLOUR, lw=1, ls=":", label="as sure as right")
+        for when, table in tables.items():
+            faint = when == "before"
+            ax.plot(table["confidence"], table["accuracy"], color=INIT_COLOURS.get(init, "#444444"), alpha=0.35 if faint else 1,
+                    lw=1, marker="o", label=f"{when} temperature scaling")
+            ax.scatter(table["confidence"], table["accuracy"], s=8 + 200 * table["images"] / table["images"].sum(),
+                       color=INIT_COLOURS.get(init, "#444444"), alpha=0.35 if faint else 1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean top probability in the bin)", title=init)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("accuracy in the bin")
+    return finish_figure(fig, "Reliability on the test split: below the diagonal means overconfident", caption)

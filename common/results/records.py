@@ -48,6 +48,17 @@ class EpochRow:
 HISTORY_COLUMNS = [f.name for f in dataclasses.fields(EpochRow)]
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How far a run's probabilities can be trusted, fitted on its validation split by notebook 06
+    (``calibration.json``): the temperature that divides its logits, and the confidence below which an image is
+    answered "none of these"."""
+    temperature: float  # logits / temperature: fitted to the validation split's negative log-likelihood
+    threshold: float  # the calibrated top probability that keeps `acceptance` of the validation images
+    acceptance: float  # the share of known (validation) images the threshold was chosen to keep
+    validation_images: int
+
+
 class MissingRunError(FileNotFoundError):
     """A run record that is needed has not been written (completely) yet; the message names the notebook."""
 
@@ -143,6 +154,11 @@ class RunRecord:
         return self.folder / "predictions.csv"
 
     @property
+    def calibration_file(self) -> Path:
+        """The run's :class:`Calibration`, once notebook 06 has fitted it."""
+        return self.folder / "calibration.json"
+
+    @property
     def meta_file(self) -> Path:
         return self.folder / "meta.json"
 
@@ -215,7 +231,7 @@ class RunRecord:
     def start_fresh(self) -> None:
         """A new run never mixes with an old record: drop the old history, predictions and metadata."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in (self.history_file, self.predictions_file, self.meta_file):
+        for stale in (self.history_file, self.predictions_file, self.meta_file, self.calibration_file):
             stale.unlink(missing_ok=True)
         self.__dict__.pop("history", None), self.__dict__.pop("predictions", None), self.__dict__.pop("meta", None)
 
@@ -229,6 +245,9 @@ class RunRecord:
 
     def write_meta(self, meta: RunMeta) -> None:
         write_text_atomic(self.meta_file, meta.to_json())
+
+    def write_calibration(self, calibration: Calibration) -> None:
+        write_text_atomic(self.calibration_file, json.dumps(dataclasses.asdict(calibration), indent=1))
 
     def save_best(self, state: dict) -> None:
         save_state(self.best, state)
@@ -269,6 +288,13 @@ class RunRecord:
         """The test predictions as written: file and class names stay strings (classes named "6", "001" or "NA"
         would otherwise come back as numbers or missing), probabilities are floats."""
         return read_csv_as_text(self.check_complete(self.predictions_file).predictions_file, numeric=("_prob",))
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The fitted :class:`Calibration`, or None for a run that notebook 06 has not calibrated (older records)."""
+        if not self.calibration_file.is_file():
+            return None
+        return Calibration(**json.loads(self.calibration_file.read_text()))
 
     @cached_property
     def meta(self) -> RunMeta:

@@ -1,1 +1,1 @@
-"""Using a trained model: reload and predict, prove it is the one trained, show answers, explain them, export it."""
+"""Using a trained model: reload and predict, prove the reload, trust the answer, show it, explain it, export it."""

@@ -13,11 +13,12 @@ from common.data.datasets import build_transforms
 from common.io import write_text_atomic
 from common.model.resnet import TransferResNet
 from common.model.weights import imagenet_normalisation
-from common.results.records import RunMeta, RunRecord, predictions_frame
+from common.results.records import Calibration, RunMeta, RunRecord, predictions_frame
 from common.data.scan import RGB_MODES, check_image, open_rgb
 from common.data.split import IMAGE_EXTENSIONS
 
 FOLDER_RESULTS = "classified.csv"  # written into a folder of your own images that was classified
+NONE_OF_THESE = "none of these (confidence below the threshold)"
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ModelInfo:
     std: list[float]
     dataset_root: Path
     meta: RunMeta  # the whole record's metadata, for captions and fallbacks
+    calibration: Calibration | None = None  # fitted in notebook 06: a temperature and a "none of these" threshold
 
     @property
     def transform(self):
@@ -47,7 +49,8 @@ def load_model(record: RunRecord, device: torch.device | str = "cpu") -> tuple[T
                            trainable="all" if meta.trainable == "scratch" else meta.trainable)
     model.load_state_dict(record.load_best())
     mean, std = imagenet_normalisation()
-    info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta)
+    info = ModelInfo(record, list(meta.class_names), meta.init, meta.image_size, mean, std, Path(meta.dataset_root), meta,
+                     record.calibration)
     return model.to(device).eval(), info
 
 
@@ -71,20 +74,24 @@ def _check(path: Path) -> tuple[str | None, str]:
     return problem, "" if problem or mode in RGB_MODES else f"colour mode {mode}, converted to RGB"
 
 
-@torch.inference_mode()
-def predict_tensors(model: torch.nn.Module, x: torch.Tensor, tta: bool = False, batch_size: int = 32) -> np.ndarray:
-    """Softmax probabilities for a batch of prepared images, computed where the model is; ``tta``: averaged with
-    the mirrored images."""
+@torch.no_grad()  # not inference_mode: temperature scaling fits on these logits with autograd
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, flip: bool = False, batch_size: int = 32) -> torch.Tensor:
+    """The model's logits (fp32, on the CPU) for a batch of prepared images, computed where the model is;
+    ``flip``: of the images mirrored left to right."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for part in x.split(batch_size):
-        part = part.to(device)
-        probs = torch.softmax(model(part).float(), dim=1)
-        if tta:
-            probs = (probs + torch.softmax(model(part.flip(-1)).float(), dim=1)) / 2
-        out.append(probs.cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    out = [model((part.flip(-1) if flip else part).to(device)).float().cpu() for part in x.split(batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def predict_tensors(model: torch.nn.Module, x: torch.Tensor, tta: bool = False, batch_size: int = 32,
+                    temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities of the logits divided by ``temperature`` (1: as trained); ``tta``: averaged with
+    the mirrored images."""
+    probs = torch.softmax(predict_logits(model, x, batch_size=batch_size) / temperature, dim=1)
+    if tta:
+        probs = (probs + torch.softmax(predict_logits(model, x, True, batch_size) / temperature, dim=1)) / 2
+    return probs.numpy() if len(x) else np.zeros((0, 0), dtype=np.float32)
 
 
 def prepare_images(paths: list[Path], info: ModelInfo) -> torch.Tensor:
@@ -99,14 +106,21 @@ def predict_images(model: torch.nn.Module, info: ModelInfo, source, k: int = 3, 
                    csv: Path | None = None) -> pd.DataFrame:
     """Top-k classes for a file, a list of files or a folder; unreadable or odd files get a ``problem``.
 
-    For a folder the table is also written (atomically) to ``csv``, by default :data:`FOLDER_RESULTS` in it."""
+    With the run's :class:`Calibration` (``info.calibration``), the probabilities are calibrated (the temperature
+    divides the logits) and ``answer`` is :data:`NONE_OF_THESE` where the top one is below its threshold; without
+    it, ``answer`` is the top class. For a folder the table is also written (atomically) to ``csv``, by default
+    :data:`FOLDER_RESULTS` in it."""
     folder = Path(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else None
     csv = Path(csv) if csv else (folder / FOLDER_RESULTS if folder else None)
     paths = [p for p in list_images(source) if csv is None or p.resolve() != csv.resolve()]
     checks = [_check(p) for p in paths]
     good = [p for p, (problem, _) in zip(paths, checks) if problem is None]
-    probs = predict_tensors(model, prepare_images(good, info), tta)
+    calibration = info.calibration
+    probs = predict_tensors(model, prepare_images(good, info), tta, temperature=calibration.temperature if calibration else 1.0)
     table = _results(good, probs, info.class_names, k)
+    table["answer"] = table["pred"]
+    if calibration is not None and len(good):
+        table.loc[table["top1_prob"] < calibration.threshold, "answer"] = NONE_OF_THESE
     bad = pd.DataFrame({"file": [str(p) for p, (problem, _) in zip(paths, checks) if problem],
                         "problem": [problem for problem, _ in checks if problem]})
     table = pd.concat([table, bad], ignore_index=True) if len(bad) else table

@@ -20,7 +20,8 @@ def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 
                              squeeze=False, gridspec_kw={"width_ratios": [1, 1.3]})
     for (ax_img, ax_bar), row in zip(axes, rows.itertuples()):
         ax_img.imshow(open_rgb(Path(row.file), max_side=512))
-        ax_img.set_title(Path(row.file).name, fontsize=8)
+        answer = getattr(row, "answer", row.pred)  # "none of these" below a calibrated run's threshold
+        ax_img.set_title(f"{Path(row.file).name}\n{answer if answer == row.pred else 'none of these'}", fontsize=8)
         ax_img.axis("off")
         names = [getattr(row, f"top{i}_class") for i in range(1, k + 1)][::-1]
         values = [getattr(row, f"top{i}_prob") for i in range(1, k + 1)][::-1]
