@@ -88,6 +88,16 @@ def test_one_concept_table_everywhere():
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_every_notebook_ends_with_questions_whose_answers_are_one_click_away(name):
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    text = next("".join(c["source"]) for c in cells if "".join(c["source"]).startswith("## Check your understanding"))
+    questions = re.findall(r"^\*\*\d\. .+\?\*\*$", text, flags=re.M)
+    answers = re.findall(r"<details><summary>Answer</summary>\n\n.+?\n\n</details>", text, flags=re.S)
+    assert 3 <= len(questions) == len(answers) <= 5, name
+    assert cells.index(next(c for c in cells if "".join(c["source"]).startswith("## Check your understanding"))) == len(cells) - 2
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_the_setup_cell_is_collapsed_with_a_title(name):
     cell = next(c for c in json.loads((NOTEBOOKS / name).read_text())["cells"] if c["cell_type"] == "code")
     assert cell["source"][0].startswith("#@title ") and cell["metadata"].get("cellView") == "form"

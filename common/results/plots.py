@@ -213,6 +213,7 @@ def plot_epoch_times(histories: dict[tuple[str, str], pd.DataFrame], caption: st
                    color=INIT_COLOURS.get(k[1]), marker=ENGINE_MARKERS.get(k[0]), zorder=3, s=18)
     ax.set_xticks(range(1, len(keys) + 1), [f"{e}\n{i}" for e, i in keys], fontsize=8)
     ax.set_ylabel("seconds per epoch")
+    ax.set_ylim(bottom=0)  # from zero: the ratio between runs reads from the heights
     ax.grid(axis="y", alpha=0.3)
     handles = [Line2D([], [], color=INIT_COLOURS[i], marker="o", linestyle="", label=i)
                for i in INITS if any(k[1] == i for k in keys)]
@@ -262,6 +263,8 @@ def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | 
         for run, row in table.iterrows():
             ax.scatter(row[column], row["test_acc"], s=70, color=MODE_COLOURS.get(run, "#333333"), marker=markers[run],
                        edgecolor="black", linewidth=0.5, alpha=0.85, zorder=3, label=run)
+            ax.annotate(run, (row[column], row["test_acc"]), xytext=(5, 4 + 9 * (list(table.index).index(run) % 3)),
+                        textcoords="offset points", fontsize=7)  # staggered: runs with like numbers stay legible
         if chance is not None:
             ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance ({chance:.2f})")
         ax.set(xscale="log", xlabel=label, ylabel="test accuracy", ylim=(0, 1.02))
@@ -304,3 +307,38 @@ def plot_reliability(diagrams: dict[str, dict[str, pd.DataFrame]], caption: str 
         ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("accuracy in the bin")
     return finish_figure(fig, "Reliability on the test split: below the diagonal means overconfident", caption)
+
+
+def plot_curves_per_run(histories: dict[str, pd.DataFrame], caption: str = "", chance: float | None = None) -> plt.Figure:
+    """Small multiples: one panel per run (``histories``: name -> history), all on the same axes, with its training
+    (dashed) and validation (solid) accuracy, chance, and where a two-stage run unfreezes."""
+    names = list(histories)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        h, colour = histories[name], MODE_COLOURS.get(name, INIT_COLOURS.get(name, "#333333"))
+        ax.plot(h["epoch"], h["train_acc"], color=colour, linestyle="--", marker="o", markersize=3, label="training")
+        ax.plot(h["epoch"], h["val_acc"], color=colour, linestyle="-", marker="o", markersize=3, label="validation")
+        for boundary in stage_boundaries(h):
+            ax.axvline(boundary, color=BOUNDARY_COLOUR, linestyle="-.", linewidth=1)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linewidth=1, linestyle=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    handles = [Line2D([], [], color="black", linestyle="--", label="training"),
+               Line2D([], [], color="black", linestyle="-", label="validation")]
+    if chance is not None:
+        handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
+    if any(stage_boundaries(h) for h in histories.values()):
+        handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen)"))
+    fig.legend(handles=handles, fontsize=7, loc="lower right", ncol=len(handles))
+    return finish_figure(fig, "Accuracy per epoch, one panel per run", caption)
