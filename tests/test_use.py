@@ -321,3 +321,13 @@ def test_a_bf16_record_from_an_a100_is_not_recomputed_in_emulated_bf16_on_a_t4(m
     monkeypatch.setattr(reproduce, "visible_gpus", lambda: runtime.Gpus(("Tesla T4",), ((7, 5),)))
     plan = Reproduction.plan(make_meta(device="cuda:0", precision="bf16"), torch.device("cuda"))
     assert (plan.device.type, plan.precision, plan.tolerance) == ("cpu", "fp32", 0.05)
+
+
+def test_each_answer_under_the_upload_button_names_the_file_its_answer_and_top_classes():
+    import pandas as pd
+
+    from common.use.show import ANSWER_PREFIX, describe_answers
+    table = pd.DataFrame({"file": ["/x/a.jpg", "/x/b.txt"], "pred": ["carrot", None], "answer": ["none of these", None],
+                          "top1_class": ["carrot", None], "top1_prob": [0.41, None], "top2_class": ["tomato", None],
+                          "top2_prob": [0.3, None], "problem": ["", "not an image file (skipped)"]})
+    assert describe_answers(table, k=2) == [f"{ANSWER_PREFIX} a.jpg: none of these (carrot 41%, tomato 30%)"]

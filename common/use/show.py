@@ -10,6 +10,8 @@ import torch
 from common.data.scan import open_rgb
 from common.use.predict import ModelInfo, predict_images, problems
 
+ANSWER_PREFIX = "answer for"  # how each classified upload's line begins under the button
+
 
 def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 2.2, title: str = "Top classes"):
     """Each classified image beside a bar chart of its top-k classes and probabilities."""
@@ -31,6 +33,14 @@ def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 
     axes[-1][1].set_xlabel("probability")
     from common.results.plots import finish_figure
     return finish_figure(fig, title, caption)
+
+
+def describe_answers(table: pd.DataFrame, k: int = 3) -> list[str]:
+    """One line per classified image: its answer, then its top-k classes with their probabilities."""
+    rows = table[table["problem"] == ""]
+    return [f"{ANSWER_PREFIX} {Path(row['file']).name}: {row.get('answer', row['pred'])} ("
+            + ", ".join(f"{row[f'top{i}_class']} {row[f'top{i}_prob']:.0%}" for i in range(1, k + 1) if f"top{i}_class" in row)
+            + ")" for _, row in rows.iterrows()]
 
 
 def save_uploads(value, folder: Path) -> list[Path]:
@@ -73,7 +83,7 @@ def upload_widget(model: torch.nn.Module, info: ModelInfo, k: int = 3, caption: 
     def show(table: pd.DataFrame) -> None:
         with output:
             output.clear_output()
-            for line in problems(table):
+            for line in problems(table) + describe_answers(table, k):
                 print(line)
             if (table["problem"] == "").any():
                 display(plot_topk(table, k, caption))
