@@ -61,11 +61,15 @@ def lab(engine_runs, tiny_base, tmp_path_factory):
     settings.mkdir(parents=True)
     # Every cell in the page, not only those scrolled into view (JupyterLab 4 renders long notebooks lazily)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    news = work / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up over the page
     port, token = _free_port(), secrets.token_hex(16)
     log = (work / "jupyterlab.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True"],
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
+         "--allow-root"],  # root in containers and on CI machines
         env=dict(tiny_env(tiny_base), JUPYTERLAB_SETTINGS_DIR=str(work / "settings")), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -1,6 +1,7 @@
 """Using a trained model: reload, predict on files, Grad-CAM, box mass, export, upload widget."""
 import datetime as dt
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -331,3 +332,14 @@ def test_each_answer_under_the_upload_button_names_the_file_its_answer_and_top_c
                           "top1_class": ["carrot", None], "top1_prob": [0.41, None], "top2_class": ["tomato", None],
                           "top2_prob": [0.3, None], "problem": ["", "not an image file (skipped)"]})
     assert describe_answers(table, k=2) == [f"{ANSWER_PREFIX} a.jpg: none of these (carrot 41%, tomato 30%)"]
+
+
+def test_no_box_check_key_is_spelled_outside_its_type():
+    """The box check is a typed result (explain.BoxCheck); its table's labels live in explain.py alone."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    labels = ("heatmap in box", "box's share of image", "ratio (1", "images looking more inside", "mass_in_box\"")
+    places = [*root.glob("common/**/*.py"), *root.glob("notebooks/*.ipynb"), *root.glob("tests/*.py")]
+    spelled = sorted({p.name for p in places for label in labels if re.search(re.escape(label), p.read_text())
+                      and p.name not in ("explain.py", Path(__file__).name)})
+    assert spelled == []
