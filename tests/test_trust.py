@@ -83,3 +83,23 @@ def test_a_calibration_round_trips_through_the_record(tmp_path):
     assert record.calibration == Calibration(temperature=1.7, threshold=0.42, acceptance=0.95, validation_images=30)
     record.start_fresh()  # a new run of the same name drops the old calibration with the old record
     assert record.calibration is None
+
+
+def test_the_trust_sentences_say_when_calibration_did_not_carry_over_and_when_scores_tie():
+    import pandas as pd
+    from conftest import make_meta
+
+    from common.use.trust import OpenSetCheck, describe_trust
+    row = lambda t, ece, nll_: {"temperature": t, "test ECE before": 0.2, "test ECE after": ece, "test NLL before": 1.0,
+                               "test NLL after": nll_, "test accuracy": 0.5}
+    calibrated = pd.DataFrame({"transfer": row(2.0, 0.1, 0.8), "scratch": row(2.0, 0.3, 1.4)}).T
+    checks = {"transfer": [OpenSetCheck("top probability (calibrated)", 0.4, 0.9, 0.95, 0.6),
+                           OpenSetCheck("top logit", 3.0, 0.9, 0.95, 0.5)],
+              "scratch": [OpenSetCheck("top probability (calibrated)", 0.4, 0.55, 0.95, 0.1),
+                          OpenSetCheck("top logit", 3.0, 0.6, 0.95, 0.1)]}
+    metas = {"transfer": make_meta(is_demo_data=False), "scratch": make_meta(init="scratch", is_demo_data=False)}
+    lines = describe_trust(calibrated, checks, metas)
+    assert "On test the probabilities became more honest" in lines[0] and "LESS honest" in lines[1]
+    assert "both scores separate" in lines[2] and "too close to chance" not in lines[2]
+    assert "'top logit' separates" in lines[3] and "too close to chance" in lines[3] and "1/3" in lines[3]
+    assert len(lines) == 4  # real data and ImageNet weights: no caveat to add

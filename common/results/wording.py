@@ -140,8 +140,9 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
                          "weights kept, and tested, are its first stage's (the head alone).")
     if "scratch" in table.index:
         base = table.loc["scratch", "median_epoch_seconds"]
-        costs = ", ".join(f"{run} {secs:.2g} s ({_times(base / secs)})" for run, secs in table["median_epoch_seconds"].items()
-                          if run != "scratch")
+        alike = {"all"} if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records) else set()
+        costs = ", ".join(f"{run} {secs:.2g} s ({'the same computation as scratch' if run in alike else _times(base / secs)})"
+                          for run, secs in table["median_epoch_seconds"].items() if run != "scratch")
         lines.append(f"Median seconds per epoch, and how many times faster than scratch's {base:.2g} s: {costs}.")
         if base < 2:
             lines.append("Epochs this short are mostly fixed costs (the optimizer step, loading, Python) and the noise of "

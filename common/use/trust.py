@@ -44,6 +44,12 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
     return float(metric(probs, targets))
 
 
+def diagram_bins(images: int) -> int:
+    """Bins for a reliability diagram: the ECE's 15 where there are images enough (20 a bin), fewer, down to 5, where
+    there are not, so that each point stands on more than a handful of images."""
+    return int(min(BINS, max(5, images // 20)))
+
+
 def reliability(probs: torch.Tensor, targets: torch.Tensor, bins: int = BINS) -> pd.DataFrame:
     """Per confidence bin with images in it: the mean top probability, the accuracy, and how many images fell in it:
     the points of a reliability diagram (on its diagonal, confidence equals accuracy)."""
@@ -142,14 +148,26 @@ def describe_trust(calibrated: pd.DataFrame, checks: dict[str, list[OpenSetCheck
                "softened them" if row["temperature"] > 1.05 else
                "underconfident: its top probabilities claimed less than its accuracy, so the temperature below 1 "
                "sharpened them" if row["temperature"] < 0.95 else "about as confident as it was right")
-        lines.append(f"{init}: on validation it was {way}; test ECE {row['test ECE before']:.3f} -> "
+        better = row["test NLL after"] < row["test NLL before"] and row["test ECE after"] <= row["test ECE before"]
+        worse = row["test NLL after"] > row["test NLL before"] and row["test ECE after"] >= row["test ECE before"]
+        outcome = ("the probabilities became more honest" if better else
+                   "they became LESS honest: validation and test disagree here, so a temperature fitted on one does not "
+                   "carry over (with this few images, or a model this weak, that happens)" if worse else
+                   "one measure improved while the other did not")
+        lines.append(f"{init}: on validation it was {way}. On test {outcome}: test ECE {row['test ECE before']:.3f} -> "
                      f"{row['test ECE after']:.3f}, test NLL {row['test NLL before']:.3f} -> {row['test NLL after']:.3f}, "
                      f"test accuracy {row['test accuracy']:.1%} either way (a temperature cannot change the top class).")
     for init, found in checks.items():
         best = max(found, key=lambda c: c.auroc)
-        lines.append(f"{init}: '{best.score}' separates the known test images from the other images best (AUROC "
-                     f"{best.auroc:.2f}; 0.5 is chance): at its threshold it answers {best.known_kept:.0%} of the test "
-                     f"images and says 'none of these' to {best.unknown_rejected:.0%} of the other images.")
+        tied = sum(round(c.auroc, 2) == round(best.auroc, 2) for c in found) > 1
+        which = (f"both scores separate the known test images from the other images equally (AUROC {best.auroc:.2f}; "
+                 "0.5 is chance)" if tied else f"'{best.score}' separates the known test images from the other images "
+                 f"best (AUROC {best.auroc:.2f}; 0.5 is chance)")
+        useful = ("" if best.auroc >= 0.7 else ": too close to chance for 'none of these' to be of use with this model")
+        lines.append(f"{init}: {which}{useful}. At the top probability's threshold ({found[0].threshold:.2f}; it cannot "
+                     f"fall below 1/{len(metas[init].class_names)}, the probability of an even guess) it answers "
+                     f"{found[0].known_kept:.0%} of the test images and says 'none of these' to "
+                     f"{found[0].unknown_rejected:.0%} of the other images.")
     if any(m.is_demo_data for m in metas.values()):
         lines.append("These are the offline demo data with few validation images: the temperature and the threshold "
                      "rest on a handful of images and would move with others.")
