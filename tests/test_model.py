@@ -96,6 +96,8 @@ def test_a_wrong_weights_file_gives_a_clear_error(tmp_path, kind):
 
 def _offline(monkeypatch):
     def refuse(*args, **kwargs):
+        import sys
+        sys.stdout.write('Downloading: "https://download.pytorch.org/models/x.pth"\n')  # as torch.hub announces it
         raise OSError("no network")
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", refuse)
 
@@ -110,7 +112,8 @@ def test_auto_falls_back_loudly_and_says_so(monkeypatch, capsys):
     _offline(monkeypatch)
     _, info = W.load_backbone("auto")
     assert info.source == "random" and "random" in info.fallback
-    assert "RANDOM weights" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "RANDOM weights" in out and "Downloading:" not in out  # no announcement above the fallback's banner
     tried = []
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", lambda *a, **k: tried.append(1))
     _, again = W.load_backbone("auto")  # a second transfer run in the same kernel: no second attempt

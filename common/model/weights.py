@@ -67,7 +67,7 @@ def _imagenet_backbone(weights_dir: Path | None) -> nn.Module:
     else:
         # torch announces "Downloading: ..." before it knows whether the network answers; offline, that line would
         # stand right above the fallback's banner. Its own line comes once the file is here.
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # torch: stdout
             state = IMAGENET_WEIGHTS.get_state_dict(progress=False, model_dir=model_dir)
         print(f"ImageNet weights downloaded into {target.parent}.")
     model = resnet50(weights=None)
