@@ -67,7 +67,7 @@ class Config:
     lr: float = field(default=1e-3, **_help("Adam learning rate of the head (the peak rate with schedule=onecycle)"))
     trainable: str = field(default="layer4", **_help("what a transfer run trains: head | layer4 | layer3 | all (scratch runs train everything)"))
     block_lr_ratio: float = field(default=1.0, **_help("each block's learning rate is this times the rate of the block above it (1: one rate for all)"))
-    schedule: str = field(default="cosine", **_help("cosine (annealed over the epochs, stepped per epoch) | onecycle (torch's OneCycleLR, stepped per batch)"))
+    schedule: str = field(default="constant", **_help("constant (lr throughout: the recipe) | cosine (annealed over the epochs, stepped per epoch) | onecycle (torch's OneCycleLR, stepped per batch)"))
     clip_grad_norm: float = field(default=0.0, **_help("clip the gradients' total norm to this (0: off)"))
     head_epochs: int = field(default=0, **_help("two-stage fine-tuning: train only the head for this many epochs, then unfreeze to `trainable` for the rest (0: one stage)"))
     finetune_lr_ratio: float = field(default=0.1, **_help("two-stage: after unfreezing, the head's learning rate is lr times this (the blocks below follow block_lr_ratio)"))
@@ -131,6 +131,10 @@ class Config:
                 setattr(self, f.name, parse_switch(getattr(self, f.name), f))
         self.data_dir, self.runs_dir = Path(self.data_dir), Path(self.runs_dir)
 
+    def replace(self, **changes) -> "Config":
+        """These settings with ``changes``, checked like any configuration: ``cfg.replace(schedule="onecycle")``."""
+        return dataclasses.replace(self, **changes)
+
     def as_dict(self) -> dict:
         """Plain, JSON-friendly values (paths as strings) for run records."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -152,7 +156,7 @@ class Config:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("constant", "cosine", "onecycle")
 MAIN_SETTINGS = ("budget", "dataset", "weights", "epochs", "image_size", "batch_size", "lr", "trainable", "seed", "devices")
 CONFIG_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
 _SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -1,10 +1,12 @@
 """Where the code runs: platform, device, precision, memory layout, workers, seeding, library versions, and the loud banner."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -218,6 +220,24 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
              "To use all GPUs, restart the kernel and set devices in the first configuration cell.")
         return 1
     return wanted
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's warnings that matter, drop its chatter: its INFO-level device choices and tips (and
+    "Initializing distributed: ..." with several devices), and four warnings, silenced by their message as
+    Lightning's documentation shows, each for a reason:
+
+    - "modules in eval mode at the start of training": Lightning noticing the frozen trunk, which the recipe
+      keeps in eval mode on purpose so that its BatchNorm statistics stay put (notebook 00);
+    - a loader with few worker processes: the suite picks them per machine (none under the smoke budget);
+    - a checkpoint folder that is not empty: a new run clears it, a resumed run finds its checkpoint there;
+    - a torch API that this Lightning version still uses and newer torch deprecates (a note for Lightning's
+      developers, not for learners)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for message in (".*in eval mode at the start of training.*", ".*does not have many workers.*",
+                    ".*exists and is not empty.*", ".*treespec, LeafSpec.* is deprecated.*"):
+        warnings.filterwarnings("ignore", message)
 
 
 def as_child_process() -> None:

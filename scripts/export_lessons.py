@@ -43,7 +43,12 @@ def module_text(notebook: str) -> str:
     cells = exported_cells(ROOT / notebook)
     if not cells:
         raise ValueError(f"{notebook} has no cell opening with {MARKER!r}: nothing to export.")
-    return header + "\n" + "\n\n\n".join(_without_repeated_imports(cells)) + "\n"
+    return header + "\n" + "\n\n\n".join(_without_repeated_imports([_without_lesson_marks(c) for c in cells])) + "\n"
+
+
+def _without_lesson_marks(cell: str) -> str:
+    """A variation marks the lines it adds with ``# new:`` for the learner; in the module they are plain comments."""
+    return cell.replace("  # new: ", "  # ")
 
 
 def _without_repeated_imports(cells: list[str]) -> list[str]:

@@ -17,11 +17,6 @@ TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12"
             TL_BATCH_SIZE="8", TL_DATASET="demo", TL_WEIGHTS="random", TL_PROGRESS="off")
 
 
-# Two-stage fine-tuning with every option on: one epoch of the head, then layer3 down with discriminative rates,
-# one-cycle per batch and gradient clipping (scratch runs get the same rates, schedule and clipping, one stage).
-TWO_STAGE = dict(TL_EPOCHS="3", TL_HEAD_EPOCHS="1", TL_TRAINABLE="layer3", TL_BLOCK_LR_RATIO="0.5",
-                 TL_SCHEDULE="onecycle", TL_CLIP_GRAD_NORM="1.0")
-
 
 def tiny_env(base: Path, runs: Path | None = None) -> dict:
     """The environment for a notebook run: TINY settings, data under ``base``, records in ``runs``."""
@@ -99,13 +94,10 @@ def engine_runs(executed_suite, tiny_base):
 
 
 @pytest.fixture(scope="session")
-def two_stage_runs(tiny_base, executed_suite):
-    """The three engine notebooks run two-stage (TWO_STAGE) on the TINY data: the reference for agreement and resume."""
-    runs = tiny_base / "two-stage-runs"
-    env = dict(tiny_env(tiny_base, runs), **TWO_STAGE)
-    for name in ENGINE_NOTEBOOKS.values():
-        run_notebook(name, env)
-    return {(e, i): RunRecord(runs, "demo", e, i).check_complete() for e in ENGINES for i in INITS}
+def variations_runs(executed_suite, tiny_base):
+    """The run each engine notebook's variations section trains in the executed suite (two stages, per-block rates,
+    one-cycle, clipping): the reference for their agreement and resume."""
+    return {(e, "variations"): RunRecord(tiny_base / "runs", "demo", e, "variations").check_complete() for e in ENGINES}
 
 
 @pytest.fixture(scope="session")

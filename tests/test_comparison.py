@@ -119,10 +119,14 @@ def test_figures_carry_the_fallback_label():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["transfer", "scratch"]
 
 
-def test_the_history_figure_shows_the_schedule_and_chance():
-    fig = P.plot_history({("plain", "transfer"): _history([0.5, 0.8], [2, 2])}, caption="c", chance=1 / 6)
+def test_the_history_figure_shows_the_schedule_where_there_is_one_and_chance():
+    constant = _history([0.5, 0.8], [2, 2])
+    fig = P.plot_history({("plain", "transfer"): constant}, caption="c", chance=1 / 6)
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Accuracy"]  # a constant rate: no panel that says nothing
+    scheduled = constant.assign(lr=[1e-3, 5e-4])
+    fig = P.plot_history({("plain", "transfer"): constant, ("plain", "variations"): scheduled}, caption="c", chance=1 / 6)
     loss, acc, lr = fig.axes
-    assert lr.get_title().startswith("Learning rate") and list(lr.lines[0].get_ydata()) == [1e-3, 1e-3]
+    assert lr.get_title().startswith("Learning rate") and list(lr.lines[1].get_ydata()) == [1e-3, 5e-4]
     assert any(list(line.get_ydata()) == [1 / 6, 1 / 6] for line in acc.lines)  # the chance line
     assert "chance (0.17)" in [t.get_text() for t in acc.get_legend().get_texts()]
 

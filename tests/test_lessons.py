@@ -75,16 +75,63 @@ def _concept_table(text: str) -> str:
     return text[start:text.index("\n\n", start)].strip()
 
 
-def test_one_concept_table_everywhere():
+def test_one_concept_table_after_the_three_engines():
+    """The table that maps each concept to each engine is read once all three are known: in notebook 03 (the
+    README holds the same); 01 and 02 point to it."""
     readme = _concept_table((ROOT / "README.md").read_text())
     rows = [line.split("|")[1].strip() for line in readme.splitlines()[2:]]
     assert rows == ["data", "device", "precision and scaler", "step", "evaluation", "metrics", "schedule",
                     "gradient clipping", "two stages", "several devices", "checkpointing", "early stopping", "resume",
                     "progress bar", "logging", "timing"]
-    for name in ENGINE_NOTEBOOKS.values():
+    for engine, name in ENGINE_NOTEBOOKS.items():
         cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
         text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown") + "\n\n"
-        assert _concept_table(text) == readme, name
+        if engine == "lightning":
+            assert _concept_table(text) == readme, name
+        else:
+            assert "| concept |" not in text, name
+
+
+# What the recipe must not mention: it is the loop alone; these come with the variations after it.
+MACHINERY = re.compile(r"\b(devices|processes|multiprocessing|ranks?|world|stages?|head_epochs|schedules?|scheduler|"
+                       r"one-cycle|onecycle|cosine|clip\w*|early.stopping|EarlyStopping|block_lr_ratio|"
+                       r"DistributedDataParallel|sync_dist|all_reduce)\b", re.I)
+
+
+@pytest.mark.parametrize("name", ENGINE_NOTEBOOKS.values())
+def test_the_recipe_comes_first_and_mentions_none_of_the_machinery(name):
+    """Every cell from the title to the "## Variations" heading, but for the set-up cell: no devices, processes,
+    ranks, stages, schedules, clipping or early stopping (the variations after it show those)."""
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    texts = ["".join(c["source"]) for c in cells]
+    end = next(i for i, text in enumerate(texts) if re.search(r"^## Variations$", text, re.M))
+    setup = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
+    # Allowed: Lightning's own names, the DataModule hook's argument and the Trainer told to use one device (its
+    # default would take every GPU).
+    allowed = re.compile(r"def setup\(self, stage\)|devices=1\b")
+    recipe = [(i, allowed.sub("", text.split("## Variations")[0])) for i, text in enumerate(texts[:end + 1]) if i != setup]
+    found = [(i, m.group(0)) for i, text in recipe for m in MACHINERY.finditer(text)]
+    assert not found, found
+    assert any("train(cfg, data, init)" in text for _, text in recipe), "the recipe does not train"
+
+
+def test_the_machinery_check_catches_what_it_must():
+    for text in ("run.scheduler.step()", "with several devices", "enter_stage(run, stage)", "clip_grad_norm_(",
+                 "EarlyStopping(patience=2)", "rank 0 writes", "world=2"):
+        assert MACHINERY.search(text), text
+    assert not MACHINERY.search("the model's train() is called once per epoch, on the device")
+
+
+def test_a_recipe_run_refuses_what_only_the_variations_do(tiny_base):
+    from common.train.run import start_run
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                      data_dir=tiny_base / "data", runs_dir=tiny_base / "refused")
+    data = prepare_data(cfg)
+    for change in (dict(schedule="onecycle"), dict(clip_grad_norm=1.0), dict(head_epochs=1), dict(early_stopping=1),
+                   dict(devices="2")):
+        with pytest.raises(ValueError, match=f"{next(iter(change))}=.*the recipe's loop does not do this.*Variations"):
+            start_run(cfg.replace(**change), data, "plain", "transfer", recipe=True)
+    assert start_run(cfg.replace(block_lr_ratio=0.5), data, "plain", "transfer", recipe=True).optimizer  # the optimizer does it
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -123,14 +170,16 @@ def test_the_taught_loop_is_common_loop_and_drift_is_caught(tmp_path, monkeypatc
             shutil.copy(ROOT / path, tmp_path / path)
     monkeypatch.setattr(exporter, "ROOT", tmp_path)
     taught = tmp_path / "notebooks" / "01_plain_pytorch.ipynb"
-    taught.write_text(taught.read_text().replace("optimizer.zero_grad(set_to_none=True)", "optimizer.zero_grad()", 1))
+    changed = "run.net.train()  # dropout on"
+    assert taught.read_text().count(changed) == 1
+    taught.write_text(taught.read_text().replace(changed, "run.net.eval()  # dropout on"))
     assert exporter.main(check=True) == 1  # the lesson changed, the module did not
-    assert exporter.main(check=False) == 0 and "optimizer.zero_grad()" in (tmp_path / "common/train/loop.py").read_text()
+    assert exporter.main(check=False) == 0 and "run.net.eval()" in (tmp_path / "common/train/loop.py").read_text()
     (tmp_path / "common/train/loop.py").write_text((ROOT / "common/train/loop.py").read_text())
     assert exporter.main(check=True) == 1  # the module changed by hand
 
 
-def test_common_loop_computes_what_notebook_01s_loop_computes(engine_runs, tiny_base, tmp_path, monkeypatch):
+def test_common_loop_computes_what_notebook_01s_loop_computes(engine_runs, variations_runs, tiny_base, tmp_path, monkeypatch):
     """``common.train.loop`` runs as a library module what notebook 01 ran in its kernel: the same history."""
     reference = engine_runs
     for name, value in TINY.items():
@@ -141,3 +190,8 @@ def test_common_loop_computes_what_notebook_01s_loop_computes(engine_runs, tiny_
         loop.train(cfg, data, init)
         ours, theirs = RunRecord(cfg.runs_dir, "demo", "plain", init).history, reference[("plain", init)].history
         np.testing.assert_allclose(ours[COMPARED].to_numpy(), theirs[COMPARED].to_numpy(), rtol=1e-6)
+    # and the variations' run, with the loop's final versions of update, fit and train
+    variations = cfg.replace(head_epochs=1, trainable="layer4", block_lr_ratio=0.5, schedule="onecycle", clip_grad_norm=1.0)
+    loop.train(variations, data, "transfer", name="variations")
+    ours, theirs = RunRecord(cfg.runs_dir, "demo", "plain", "variations").history, variations_runs[("plain", "variations")].history
+    np.testing.assert_allclose(ours[COMPARED].to_numpy(), theirs[COMPARED].to_numpy(), rtol=1e-6)

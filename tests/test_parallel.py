@@ -28,21 +28,29 @@ EXACT = dict(TL_TRAINABLE="head", TL_DROPOUT="0")
 
 
 @pytest.fixture(scope="session")
-def one_process(tiny_base):
-    runs = tiny_base / "parallel-1"
-    run_notebook(ENGINE_NOTEBOOKS["plain"], dict(tiny_env(tiny_base, runs), **EXACT))
-    return {init: RunRecord(runs, "demo", "plain", init).check_complete() for init in INITS}
+def one_process(tiny_base, two_processes_executed):
+    """The recipe's runs of notebook 01 in one process, with the same settings (before its 2-process cell)."""
+    return {init: RunRecord(tiny_base / "parallel-2-plain-notebook", "demo", "plain", init).check_complete() for init in INITS}
+
+
+def on_two_processes(runs) -> str:
+    """A cell for the end of an engine notebook: its final `train` (the variations') on 2 processes, records in ``runs``."""
+    return f"for init in INITS:\n    train(load_config(devices=2, runs_dir={str(runs)!r}), data, init)\n"
 
 
 @pytest.fixture(scope="session")
 def two_processes_executed(tiny_base):
-    """The engine notebooks on 2 processes, with progress bars on (as in Jupyter): the executed notebooks, and
-    what each kernel process wrote to its own stderr."""
-    runs, executed = tiny_base / "parallel-2", {}
+    """The engine notebooks, each with a last cell training on 2 processes, progress bars on (as in Jupyter): the
+    executed notebooks, and what each kernel process wrote to its own stderr."""
+    import nbformat
+    executed = {}
     for engine, name in ENGINE_NOTEBOOKS.items():
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(on_two_processes(tiny_base / "parallel-2")))
         log = tiny_base / f"parallel-2-{engine}-kernel.log"
         with log.open("w") as kernel_log:
-            nb = run_notebook(name, dict(tiny_env(tiny_base, runs), **EXACT, TL_DEVICES="2", TL_PROGRESS="on"), kernel_log)
+            env = dict(tiny_env(tiny_base, tiny_base / f"parallel-2-{engine}-notebook"), **EXACT, TL_PROGRESS="on")
+            nb = run_notebook(nb, env, kernel_log)
         executed[engine] = (nb, log.read_text())
     return executed
 
@@ -59,10 +67,10 @@ def test_forked_processes_draw_no_progress_widgets(engine, two_processes_execute
     message from fork"), so its bars would be blank lines. The notebook's own process may draw (decoding the images)."""
     nb, kernel_log = two_processes_executed[engine]
     assert "send message from fork" not in kernel_log
-    widgets = [o["data"].get("text/plain", "") for cell in nb.cells
-               for o in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    last = nb.cells[-1]  # the 2-process runs (the recipe above drew its bars in the notebook's own process)
+    widgets = [o["data"].get("text/plain", "") for o in last.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert not [w for w in widgets if "epoch" in w.lower()], widgets
-    printed = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    printed = "".join(o.get("text", "") for o in last.outputs)
     assert "transfer epoch 2:" in printed  # rank 0 still says how each epoch went
 
 
@@ -86,9 +94,9 @@ def test_the_engines_agree_with_two_processes_and_batchnorm_shows_it_ran_split(o
 
 def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(two_processes, tiny_base, tmp_path):
     runs = tmp_path / "runs"
-    env = dict(tiny_env(tiny_base, runs), **EXACT, TL_DEVICES="2")
+    env = dict(tiny_env(tiny_base, tmp_path / "notebook-runs"), **EXACT)
     script = tmp_path / "plain_as_script.py"
-    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]))
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]) + "\n" + on_two_processes(runs))
     marker = RunRecord(runs, "demo", "plain", "transfer").resume
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

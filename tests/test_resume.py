@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, TWO_STAGE, tiny_env
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
 
 from common.config import load_config
 from common.data.datasets import prepare_data
-from common.results.records import EpochRow, RunRecord
+from common.results.records import INITS, EpochRow, RunRecord
 from common.train.resume import RunProgress, read_resume_point, save_resume_point
 from common.train.run import start_run
 
@@ -29,23 +29,25 @@ def notebook_as_script(name: str) -> str:
     return "\n\n".join("\n".join(l for l in block.splitlines() if not l.startswith("%")) for block in code)
 
 
-def resume_marker(runs, engine):
-    record = RunRecord(runs, "demo", engine, "transfer")
+def resume_marker(runs, engine, name):
+    record = RunRecord(runs, "demo", engine, name)
     return record.lightning_last if engine == "lightning" else record.resume
 
 
 @pytest.mark.parametrize("stages", ["one stage", "two-stage"])
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
 def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, stages, request, tiny_base, tmp_path):
-    """Killed right after its first resume point: for a two-stage run (TWO_STAGE: one head epoch) that is the
-    stage boundary, so the resumed run must enter stage two itself and match the uninterrupted two-stage run."""
+    """Killed right after its first resume point, the notebook run again: for the recipe's transfer run that is
+    inside its second epoch; for the variations' two-stage run (one head epoch) it is the stage boundary, so the
+    resumed run must enter stage two itself and match the uninterrupted two-stage run."""
     two = stages == "two-stage"
-    reference_runs = request.getfixturevalue("two_stage_runs" if two else "engine_runs")
+    names = ["variations"] if two else list(INITS)
+    reference_runs = request.getfixturevalue("variations_runs" if two else "engine_runs")
     runs = tmp_path / "runs"
-    env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on", **(TWO_STAGE if two else {}))  # bars' code paths, as text
+    env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on")  # bars' code paths, as text
     script = tmp_path / f"notebook_{engine}_as_script.py"
     script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine]))
-    marker = resume_marker(runs, engine)
+    marker = resume_marker(runs, engine, names[0])
 
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -58,15 +60,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, stages, reque
     # commits an fsspec transaction), so kill at once: the run is now inside its second epoch.
     proc.kill()  # SIGKILL: no exception handler, no clean-up
     proc.wait()
-    assert not RunRecord(runs, "demo", engine, "transfer").history_file.exists(), "killed too late to test resume"
+    assert not RunRecord(runs, "demo", engine, names[0]).history_file.exists(), "killed too late to test resume"
 
     done = subprocess.run([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming" in done.stdout
-    for init in ("transfer", "scratch"):
-        resumed = RunRecord(runs, "demo", engine, init).history
-        reference = reference_runs[(engine, init)].history
+    for name in names:
+        resumed = RunRecord(runs, "demo", engine, name).history
+        reference = reference_runs[(engine, name)].history
         assert len(resumed) == len(reference)
         np.testing.assert_allclose(resumed[COMPARED].to_numpy(), reference[COMPARED].to_numpy(), rtol=1e-6)
 

@@ -152,8 +152,12 @@ def test_onecycle_steps_per_batch_exactly_like_torch():
     assert ours == theirs and 0.99 * cfg.lr < max(r[0] for r in ours) <= cfg.lr  # the head peaks at cfg.lr
     with pytest.raises(ValueError, match="steps_per_epoch"):
         make_scheduler(optimizer, cfg)
-    assert isinstance(make_scheduler(make_optimizer(model, tiny_cfg()), tiny_cfg()),
-                      torch.optim.lr_scheduler.CosineAnnealingLR)
+    cosine = tiny_cfg(schedule="cosine")
+    assert isinstance(make_scheduler(make_optimizer(model, cosine), cosine), torch.optim.lr_scheduler.CosineAnnealingLR)
+    constant = make_scheduler(make_optimizer(model, tiny_cfg()), tiny_cfg())  # the recipe's: the rate never moves
+    for _ in range(3):
+        constant.optimizer.step(), constant.step()
+    assert [g["lr"] for g in constant.optimizer.param_groups] == [tiny_cfg().lr]
 
 
 @pytest.mark.parametrize("setting, message", [(dict(trainable="layer2"), "TL_TRAINABLE"),

@@ -33,13 +33,31 @@ def agreement_table(histories: dict[tuple[str, str], pd.DataFrame], reference: s
     return pd.DataFrame(rows)
 
 
-def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES) -> pd.DataFrame:
-    """The agreement table for the run records present on disk (missing ones are skipped, with a note)."""
-    records = {key: record for key, record in find_records(runs_dir, dataset).items() if key[0] in engines}
-    missing = [f"{engine}-{init}" for engine in engines for init in INITS if (engine, init) not in records]
+def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS) -> pd.DataFrame:
+    """The agreement table of the runs ``names`` (default: transfer and scratch) present on disk, written for
+    people: each metric's largest per-epoch gap to the plain loop in percent (the learning rate only where it
+    changed during a run); missing records are skipped, with a note."""
+    records = {(engine, name): RunRecord(runs_dir, dataset, engine, name) for engine in engines for name in names}
+    missing = [record.label for record in records.values() if not record.complete]
     if missing:
         print(f"Not compared (no run record yet): {', '.join(missing)}")
-    return agreement_table({key: record.history for key, record in records.items()})
+    histories = {key: record.history for key, record in records.items() if record.complete}
+    table = agreement_table(histories)
+    if table.empty:
+        return table
+    scheduled = any(hist["lr"].nunique() > 1 for hist in histories.values())
+    shown = table.rename(columns={"init": "run"})[["engine", "run", "epochs"]]
+    for metric in COMPARED if scheduled else [m for m in COMPARED if m != "lr"]:
+        shown[f"{metric} gap"] = table[metric].map(_percent)
+    shown["agrees"] = table["agrees"]
+    return shown.set_index(["engine", "run"])
+
+
+def _percent(gap: float) -> str:
+    """A relative gap as people read it: '0 %' when equal, '< 0.001 %' when below that, else three decimals."""
+    if gap == 0:
+        return "0 %"
+    return "< 0.001 %" if gap < 1e-5 else f"{100 * gap:.3f} %"
 
 
 def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], tolerance: float = TOLERANCE) -> pd.DataFrame:

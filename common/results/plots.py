@@ -16,6 +16,7 @@ from PIL import Image
 from common.results.records import INITS
 
 INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
+RUN_COLOURS = {"variations": "#7b3294"}  # the engine notebooks' run with every variation on
 # Notebook 05's runs, by how much trains: light to dark as more of the network trains; the recipe (layer4) in
 # the transfer colour, scratch in its own.
 MODE_COLOURS = {"head-cached": "#c6dbef", "head": "#9ecae1", "layer4": "#1f77b4", "layer3": "#08519c",
@@ -127,33 +128,36 @@ def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
 
 
 def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = "", chance: float | None = None) -> plt.Figure:
-    """Loss, accuracy and learning rate per epoch. Colour: initialisation; marker: engine; dashed: training,
-    solid: validation; a grey line marks chance accuracy."""
+    """Loss, accuracy and (where some run's rate changed) learning rate per epoch. Colour: run; marker: engine;
+    dashed: training, solid: validation; a grey line marks chance accuracy."""
     histories = in_suite_order(histories)
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 3.9))
-    for (engine, init), h in histories.items():
-        style = dict(color=INIT_COLOURS.get(init, MODE_COLOURS.get(init)), marker=ENGINE_MARKERS.get(engine), markersize=4)
+    scheduled = any(h["lr"].nunique() > 1 for h in histories.values())
+    fig, axes = plt.subplots(1, 3 if scheduled else 2, figsize=(14, 3.9) if scheduled else (10, 3.9))
+    ax_loss, ax_acc = axes[:2]
+    for (engine, name), h in histories.items():
+        style = dict(color=run_colour(name), marker=ENGINE_MARKERS.get(engine), markersize=4)
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
             ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", **style)
-        ax_lr.plot(h["epoch"], h["lr"], linestyle="-", **style)
-    boundaries = mark_stage_boundaries((ax_loss, ax_acc, ax_lr), histories)
+        if scheduled:
+            axes[2].plot(h["epoch"], h["lr"], linestyle="-", **style)
+    boundaries = mark_stage_boundaries(axes, histories)
     if chance is not None:
         ax_acc.axhline(chance, color="grey", linewidth=1, linestyle=":")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    same = len({tuple(h["lr"].round(12)) for h in histories.values()}) == 1 and len(histories) > 1
-    ax_lr.set(title="Learning rate, epoch start" + (" (lines overlap)" if same else ""), xlabel="epoch",
-              ylabel="learning rate (head)")
+    if scheduled:
+        same = len({tuple(h["lr"].round(12)) for h in histories.values()}) == 1 and len(histories) > 1
+        axes[2].set(title="Learning rate, epoch start" + (" (lines overlap)" if same else ""), xlabel="epoch",
+                    ylabel="learning rate (head)")
     losses = pd.concat([h[["train_loss", "val_loss"]] for h in histories.values()]).to_numpy()
     if losses.size and np.nanmin(losses) > 0 and np.nanmax(losses) > 10 * np.nanmin(losses):
         ax_loss.set_yscale("log")  # losses far apart (a random frozen trunk's first epochs): keep the small ones readable
         ax_loss.set_ylabel("cross-entropy (log scale)")
-    for ax in (ax_loss, ax_acc, ax_lr):
+    for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=INIT_COLOURS.get(i, MODE_COLOURS.get(i)), marker=ENGINE_MARKERS.get(e),
-                      label=f"{e} / {i}") for e, i in histories]
+    handles = [Line2D([], [], color=run_colour(i), marker=ENGINE_MARKERS.get(e), label=f"{e} / {i}") for e, i in histories]
     handles += [Line2D([], [], color="black", linestyle="--", label="training"),
                 Line2D([], [], color="black", linestyle="-", label="validation")]
     if chance is not None:
@@ -161,10 +165,15 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     if boundaries:
         handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen), run's colour"))
     if len(histories) > 4:  # many runs: the legend beside the figure, not over the curves
-        ax_lr.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        axes[-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     else:
         ax_acc.legend(handles=handles, fontsize=7, loc="best")
     return finish_figure(fig, "Learning curves", caption)
+
+
+def run_colour(name: str, default: str | None = None) -> str | None:
+    """A run's colour by its name: transfer and scratch, the variations' run, or a mode of notebook 05."""
+    return INIT_COLOURS.get(name) or RUN_COLOURS.get(name) or MODE_COLOURS.get(name, default)
 
 
 def stage_boundaries(history: pd.DataFrame) -> list[float]:
@@ -181,7 +190,7 @@ def mark_stage_boundaries(axes, histories: dict[tuple[str, str], pd.DataFrame]) 
     for (engine, init), history in histories.items():
         for x in stage_boundaries(history):
             for ax in axes:
-                ax.axvline(x, color=INIT_COLOURS.get(init, MODE_COLOURS.get(init, BOUNDARY_COLOUR)), linestyle="-.",
+                ax.axvline(x, color=run_colour(init, BOUNDARY_COLOUR), linestyle="-.",
                            linewidth=1)
             drawn.append(x)
     return drawn

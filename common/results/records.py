@@ -32,11 +32,11 @@ FIGURES = "figures"
 EXPORTS = "exports"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochRow:
     """One epoch of a run: a row of its history, written alike by every engine (``history.csv``)."""
     epoch: int  # counted from 1
-    stage: int  # 1, or 2 after a two-stage run's boundary
+    stage: int = 1  # 2 after a two-stage run's boundary (notebook 01's variations)
     train_loss: float
     train_acc: float
     val_loss: float
@@ -100,7 +100,7 @@ class RunMeta:
     test_topk_acc: float
     trainable: str  # what trained (at the end, for two stages): head | layer4 | layer3 | all | scratch
     block_lrs: dict[str, float] = field(default_factory=dict)  # each block that trained -> its rate, stem first
-    schedule: str = "cosine"  # cosine (per epoch) | onecycle (per batch)
+    schedule: str = "constant"  # constant | cosine (per epoch) | onecycle (per batch)
     clip_grad_norm: float = 0.0  # 0: no clipping
     stages: list[dict] = field(default_factory=list)  # common.train.run.Stage as dicts: epochs, what trained, head lr
     steps_per_epoch: int = 0  # optimizer steps (batches) per training epoch: what a per-batch schedule counts

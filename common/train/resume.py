@@ -66,6 +66,7 @@ class RunProgress:
 
     def __init__(self, run: TrainingRun):
         self.key, self.history, self.best_val_acc = resume_key(run), [], -1.0
+        self.stage_for = run.stage_for
 
     @property
     def epoch(self) -> int:
@@ -73,7 +74,9 @@ class RunProgress:
         return len(self.history)
 
     def record(self, row: EpochRow) -> bool:
-        """Append an epoch's row; True when its validation accuracy is a new best."""
+        """Append an epoch's row, noting the stage its epoch belongs to (1 but in a two-stage run's second part);
+        True when its validation accuracy is a new best."""
+        row = dataclasses.replace(row, stage=self.stage_for(row.epoch).number)
         self.history.append(row)
         improved = row.val_acc > self.best_val_acc
         self.best_val_acc = max(self.best_val_acc, row.val_acc)
@@ -106,7 +109,9 @@ class RunProgress:
 
 
 def read_resume_point(run: TrainingRun, path: Path, progress_of=lambda state: state["progress"]) -> dict | None:
-    """The saved state at ``path`` if resuming is on and it belongs to this run's settings, else None.
+    """The saved state at ``path`` if resuming is on and it belongs to this run's settings, else None. When it
+    is used, ``run`` first enters the stage of the saved epoch (a two-stage run saved after its boundary), so that
+    the optimizer and schedule being restored have the saved groups.
 
     A file that cannot be read (say, cut short by a kill while it was written) is ignored with a
     message, never trusted: checkpoints are written atomically, so this only happens to foreign files."""
@@ -121,6 +126,7 @@ def read_resume_point(run: TrainingRun, path: Path, progress_of=lambda state: st
     if key != resume_key(run):
         print(f"Resume point {path} was made with other settings; starting {run.init} over.")
         return None
+    enter_stage(run, run.stage_for(epochs_done(progress_of(state))))
     return state
 
 
@@ -146,12 +152,10 @@ def epochs_done(progress_state: dict) -> int:
 
 def load_resume_point(run: TrainingRun, progress: RunProgress) -> bool:
     """Restore model, optimizer, schedule and progress from the record's resume point; True if something was
-    resumed. A two-stage run saved after its boundary first enters its second stage, so that the optimizer
-    and schedule being restored have the saved groups."""
+    resumed."""
     state = read_resume_point(run, run.record.resume)
     if state is None:
         return False
-    enter_stage(run, run.stage_for(epochs_done(state["progress"])))
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

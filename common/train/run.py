@@ -23,8 +23,8 @@ from common.results.evaluation import accuracy, predict, topk_accuracy
 from common.model.resnet import build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
 from common.model.weights import WeightsInfo, load_backbone
 from common.results.records import EpochRow, RunMeta, RunRecord, predictions_frame
-from common.runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_precision,
-                      seed_everything)
+from common.runtime import (library_versions, pick_device, processes_environment, resolve_channels_last, resolve_devices,
+                      resolve_precision, seed_everything)
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,14 @@ class TrainingRun:
         """The process that prints, writes checkpoints, resume points and the run record (rank 0)."""
         return self.rank == 0
 
-    def all_reduce(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Each value summed over the processes (as it is, with one process): epoch metrics from every share."""
+    def mean(self, total: torch.Tensor, count: torch.Tensor) -> float:
+        """``total / count`` read from the device once: an epoch's mean loss or accuracy from running sums. With
+        several processes, each holds the sums of its share of the batches: they are added up first."""
         if self.world > 1:
-            for value in values:
-                torch.distributed.all_reduce(value)
-        return values
+            total, count = total.clone(), count.clone()
+            torch.distributed.all_reduce(total)
+            torch.distributed.all_reduce(count)
+        return (total / count).item()
 
     def stage_for(self, epoch: int) -> Stage:
         """The stage that ``epoch`` (counted from 1) belongs to: after a resume point saved at the end of epoch
@@ -132,7 +134,8 @@ def epoch_line(init: str, row: EpochRow) -> str:
             f"val loss {row.val_loss:.3f} acc {row.val_acc:.3f} | {row.epoch_seconds:.1f} s")
 
 
-SCHEDULE_INTERVAL = {"cosine": "epoch", "onecycle": "step"}  # when each schedule steps: after every epoch, or batch
+# When each schedule steps: after every epoch, or every batch. "constant" (the recipe's) never changes the rate.
+SCHEDULE_INTERVAL = {"constant": "epoch", "cosine": "epoch", "onecycle": "step"}
 
 
 def block_rates(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> dict[str, float]:
@@ -169,7 +172,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None)
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int | None = None,
                    epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
-    """``cfg.schedule`` over ``epochs`` (default ``cfg.epochs``; a stage's ``Stage.epochs``): "cosine" anneals
+    """``cfg.schedule`` over ``epochs`` (default ``cfg.epochs``; a stage's ``Stage.epochs``): "constant" keeps
+    each group's rate (a schedule that does nothing, so that every run saves and restores one); "cosine" anneals
     from each group's rate towards zero, stepped once per epoch; "onecycle" is torch's ``OneCycleLR`` (its
     defaults: warm up for 30 % of the steps to each group's rate, anneal; Adam's beta1 cycles 0.95-0.85),
     stepped after every batch, ``epochs * steps_per_epoch`` steps in all. :data:`SCHEDULE_INTERVAL` says which."""
@@ -179,6 +183,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoc
             raise ValueError("schedule='onecycle' steps per batch: make_scheduler needs steps_per_epoch (batches per epoch).")
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                                    total_steps=epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
 
 
@@ -233,8 +239,16 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def variations_asked(cfg: Config, world: int = 1) -> list[str]:
+    """The settings that only the engine notebooks' variations carry out (their recipe loops do not): what a recipe
+    run must refuse, rather than silently ignore."""
+    asked = {"schedule": cfg.schedule != "constant", "clip_grad_norm": cfg.clip_grad_norm > 0,
+             "head_epochs": cfg.head_epochs > 0, "early_stopping": cfg.early_stopping > 0, "devices": world > 1}
+    return [f"{name}={getattr(cfg, name)!r}" for name, on in asked.items() if on]
+
+
 def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str | None = None,
-              rank: int | None = None, world: int = 1) -> TrainingRun:
+              rank: int | None = None, world: int = 1, recipe: bool = False) -> TrainingRun:
     """Seed, build the model, optimizer, schedule and fresh loaders (all in the run's first stage), and open the
     run's record: ``runs/<dataset>/<engine>-<name>/``, ``name`` defaulting to ``init``.
 
@@ -242,7 +256,13 @@ def start_run(cfg: Config, data: DataBundle, engine: str, init: str, name: str |
     the CPU), its share of every training batch, and its model wrapped in ``DistributedDataParallel``
     (``run.net``), whose backward averages the gradients of all processes; on GPUs the trained blocks'
     BatchNorm is synchronised across them. With ``world`` > 1 and no ``rank``, this is the notebook's own copy
-    before it forks: it stays on the CPU, and nothing here touches CUDA (a kernel that did can no longer fork)."""
+    before it forks: it stays on the CPU, and nothing here touches CUDA (a kernel that did can no longer fork).
+
+    ``recipe=True``: for an engine notebook's recipe loop, which does none of :func:`variations_asked`; a
+    configuration asking for one of them is refused with a message saying where they are done."""
+    if recipe and (asked := variations_asked(cfg, resolve_devices(cfg.devices, cfg.device))):
+        raise ValueError(f"{', '.join(asked)}: the recipe's loop does not do this. The notebook's 'Variations' "
+                         "section does: run its cells and train with its `train`, or keep the default for the recipe.")
     seed_everything(cfg.seed)
     if cfg.deterministic:  # read when the first cuBLAS handle is made: deterministic matrix products need it (as Lightning sets)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
