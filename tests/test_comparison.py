@@ -79,8 +79,9 @@ def test_summary_speed_ratio_and_per_class_accuracy(tmp_path):
     runs = {("plain", "transfer"): _record(tmp_path, "plain", "transfer", _history([0.5, 0.8], [2, 2]), p, 10),
             ("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.3, 0.4], [4, 4]), p, 30)}
     table = C.summary_table(runs)
-    assert table.loc[("plain", "transfer"), "best_val_acc"] == 0.8
-    assert table.loc[("plain", "scratch"), "trainable_params"] == 30
+    assert table.loc[("plain", "transfer"), "best validation accuracy"] == 0.8
+    assert table.loc[("plain", "scratch"), "trainable parameters"] == "30"
+    assert "test top-5 accuracy" not in table  # 5 of 3 classes: says nothing
     assert C.speed_ratios(runs).iloc[0]["transfer_over_scratch"] == 0.5
     noisy = {("plain", "scratch"): _record(tmp_path, "plain", "scratch", _history([0.3, 0.4, 0.5], [4, 12, 4]), p, 30)}
     assert C.speed_ratios({**runs, **noisy}).iloc[0]["transfer_over_scratch"] == 0.5  # the median ignores one slow epoch
@@ -170,3 +171,11 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
     both = " ".join(Wd.what_the_runs_show({**runs, **same}))  # two engines that agree are described once
     assert both.count("predicts 'a'") == 1 and "plain, ignite / transfer: predicts 'a'" in both
     assert "plain, ignite: transfer 50.0% vs scratch 100.0%" in both
+
+
+def test_rows_that_engines_share_are_shown_once():
+    table = pd.DataFrame(dict(engine=["plain", "ignite", "plain", "ignite"], run=["transfer", "transfer", "scratch", "scratch"],
+                              acc=[0.5, 0.5, 0.3, 0.4])).set_index(["engine", "run"])
+    once = C.once_per_result(table)
+    assert list(once.index) == [("plain, ignite", "transfer"), ("plain", "scratch"), ("ignite", "scratch")]
+    assert list(once["acc"]) == [0.5, 0.3, 0.4]

@@ -135,7 +135,7 @@ def test_the_record_counts_the_images_training_used_and_keeps_top_k(tmp_path):
     assert record.meta.train_counts().eq(4).all() and len(record.meta.train_counts()) == 6
     assert Manifest.load(record.meta.split_manifest).counts()["train"].eq(4).all()
     assert record.meta.top_k == 3 and "top3_class" in record.predictions and "top4_class" not in record.predictions
-    assert "test_top3" in summary_table({("plain", "scratch"): record}).columns
+    assert "test top-3 accuracy" in summary_table({("plain", "scratch"): record}).columns
 
 
 NUMBER_LIKE = ["0", "6", "001", "2019", "NA", "None"]  # class folders people name by numbers, and pandas' "missing" words

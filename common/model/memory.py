@@ -8,8 +8,8 @@ from common.model.resnet import trainable_parameters
 
 
 def training_memory(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """What one training step of ``model`` keeps in memory, in MB, measured on ``images`` (one batch): all the
-    weights, the gradients and Adam's two moments of the trainable ones, and the activations autograd saves
+    """What one training step of ``model`` keeps in memory, in MiB (2**20 bytes), measured on ``images`` (one
+    batch): all the weights, the gradients and Adam's two moments of the trainable ones, and the activations autograd saves
     for backward (counted as they are saved, each storage once, weights left out). Frozen blocks run without
     autograd, so they save nothing: that is where freezing saves memory, beside the optimizer state.
     Runs one forward in training mode on a copy, so ``model`` itself is untouched."""
@@ -34,7 +34,7 @@ def training_memory(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
 
 
 def measured_step_memory(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str) -> float:
-    """MB that two real training steps of ``model`` (Adam, the run's autocast ``precision``) on ``images`` take at
+    """MiB that two real training steps of ``model`` (Adam, the run's autocast ``precision``) on ``images`` take at
     their peak on the CUDA ``device``, above what was allocated before: weights, gradients, Adam's state,
     activations, the batch and cuDNN's workspace, as torch's caching allocator handed them out
     (``torch.cuda.max_memory_allocated``). The second step is the one with Adam's state. ``model`` is untouched."""

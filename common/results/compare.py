@@ -87,18 +87,23 @@ def trains(meta) -> str:
 
 
 def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
-    """Engine x initialisation: test accuracy, best validation accuracy, epochs, mean epoch time, parameters.
+    """One row per run (engine, run name), written for people: what trained, test accuracy, top-k accuracy (only
+    where k is at most half the classes: with 5 of 6 classes it says nothing), the best validation accuracy and its
+    epoch, epochs run, seconds per epoch, trainable parameters and the weights it started from. Accuracies to
+    three decimals, seconds to one.
 
-    ``records`` maps (engine, init) to :class:`common.results.records.RunRecord`."""
+    ``records`` maps (engine, run name) to :class:`common.results.records.RunRecord`."""
     rows = []
-    for (engine, init), record in records.items():
+    for (engine, name), record in records.items():
         h, m = record.history, record.meta
-        rows.append({"engine": engine, "init": init, "trains": trains(m), "test_acc": m.test_acc,
-                     f"test_top{m.top_k}": m.test_topk_acc,
-                     "best_val_acc": float(h["val_acc"].max()), "best_epoch": m.best_epoch, "epochs": len(h),
-                     "mean_epoch_s": float(h["epoch_seconds"].mean()), "trainable_params": m.parameters["trainable"],
-                     "weights": m.weights_source})
-    return pd.DataFrame(rows).set_index(["engine", "init"])
+        row = {"engine": engine, "run": name, "trains": trains(m), "test accuracy": round(m.test_acc, 3)}
+        if 2 * m.top_k <= len(m.class_names):
+            row[f"test top-{m.top_k} accuracy"] = round(m.test_topk_acc, 3)
+        row.update({"best validation accuracy": round(float(h["val_acc"].max()), 3), "best epoch": m.best_epoch,
+                    "epochs": len(h), "seconds per epoch": round(float(h["epoch_seconds"].mean()), 1),
+                    "trainable parameters": f"{m.parameters['trainable']:,}", "weights": m.weights_source})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["engine", "run"])
 
 
 def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
@@ -122,6 +127,15 @@ def fit_gaps(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
         rows.append(dict(engine=record.engine, run=record.name, epoch=int(last["epoch"]), train_acc=last["train_acc"], val_acc=last["val_acc"],
                          acc_gap=last["train_acc"] - last["val_acc"], loss_gap=last["val_loss"] - last["train_loss"]))
     return pd.DataFrame(rows).set_index(["engine", "run"])
+
+
+def once_per_result(table: pd.DataFrame) -> pd.DataFrame:
+    """A table indexed by (engine, run) with the rows that several engines share shown once, their engines
+    joined ("plain, ignite, lightning"): the engines compute the same numbers, and three equal rows say it badly."""
+    flat = table.reset_index()
+    values = [c for c in flat.columns if c != "engine"]
+    joined = flat.groupby(values, sort=False, dropna=False)["engine"].agg(", ".join).reset_index()
+    return joined.set_index(["engine", "run"])[[c for c in table.columns]]
 
 
 def mode_table(records: dict[str, RunRecord]) -> pd.DataFrame:

@@ -272,27 +272,49 @@ def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | 
         for run, row in table.iterrows():
             ax.scatter(row[column], row["test_acc"], s=70, color=MODE_COLOURS.get(run, "#333333"), marker=markers[run],
                        edgecolor="black", linewidth=0.5, alpha=0.85, zorder=3, label=run)
-            ax.annotate(run, (row[column], row["test_acc"]), xytext=(5, 4 + 9 * (list(table.index).index(run) % 3)),
-                        textcoords="offset points", fontsize=7)  # staggered: runs with like numbers stay legible
         if chance is not None:
             ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance ({chance:.2f})")
         ax.set(xscale="log", xlabel=label, ylabel="test accuracy", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
+        label_points(ax, {run: (row[column], row["test_acc"]) for run, row in table.iterrows()})
     axes[0].set_title("Accuracy against what trains")
     axes[1].set_title("Accuracy against what an epoch costs")
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return finish_figure(fig, "How much to unfreeze: accuracy and cost per run", caption)
 
 
+def label_points(ax, points: dict[str, tuple[float, float]], near: float = 36.0) -> None:
+    """Name each point of a scatter. Points closer than ``near`` pixels to a neighbour form a group whose names are
+    stacked above it, each joined to its point by a thin line, so that bunched points stay legible."""
+    ax.figure.canvas.draw()  # the final limits and scales, so that pixel distances are the ones drawn
+    pixels = {name: ax.transData.transform(xy) for name, xy in points.items()}
+    groups: list[list[str]] = []
+    for name in sorted(pixels, key=lambda n: tuple(pixels[n])):
+        if groups and min(np.hypot(*(pixels[name] - pixels[other])) for other in groups[-1]) < near:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    for group in groups:
+        top = max(pixels[name][1] for name in group)
+        left = min(pixels[name][0] for name in group)
+        for k, name in enumerate(sorted(group, key=lambda n: pixels[n][0])):
+            if len(group) == 1:
+                ax.annotate(name, points[name], xytext=(6, 5), textcoords="offset points", fontsize=8)
+                continue
+            text_at = ax.transData.inverted().transform((left, top + 18 + 11 * (len(group) - 1 - k)))
+            ax.annotate(name, points[name], xytext=text_at, textcoords="data", fontsize=8, ha="right",
+                        arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0, shrinkB=3))
+
+
 def plot_memory(memory: pd.DataFrame, caption: str = "") -> plt.Figure:
-    """Stacked bars per mode: MB of weights, gradients, Adam's state and saved activations (``training_memory``)."""
+    """Stacked bars per mode: MiB of weights, gradients, Adam's state and saved activations (``training_memory``)."""
     parts = [("weights", "#bbbbbb"), ("gradients", "#9ecae1"), ("adam_state", "#1f77b4"), ("activations", "#ff7f0e")]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     bottom = np.zeros(len(memory))
     for column, colour in parts:
         ax.bar(memory.index, memory[column], bottom=bottom, color=colour, label=column.replace("_", " "))
         bottom += memory[column].to_numpy(dtype=float)
-    ax.set(ylabel="MB during one training step", xlabel="what trains")
+    ax.set(ylabel="MiB during one training step", xlabel="what trains")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return finish_figure(fig, "What each mode keeps in memory while it trains", caption)
