@@ -23,36 +23,42 @@ from common.train.run import start_run
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 # Only the head trains (no BatchNorm in training mode: on the CPU torch cannot synchronise it across processes)
-# and no dropout (each process would draw its own masks): then 2 processes must compute what 1 computes.
-EXACT = dict(TL_TRAINABLE="head", TL_DROPOUT="0")
+# and no dropout (each process draws its own masks): then 2 processes must compute what 1 computes.
+EXACT = dict(trainable="head", dropout=0.0)
 
 
-@pytest.fixture(scope="session")
-def one_process(tiny_base, two_processes_executed):
-    """The recipe's runs of notebook 01 in one process, with the same settings (before its 2-process cell)."""
-    return {init: RunRecord(tiny_base / "parallel-2-plain-notebook", "demo", "plain", init).check_complete() for init in INITS}
-
-
-def on_two_processes(runs) -> str:
-    """A cell for the end of an engine notebook: its final `train` (the variations') on 2 processes, records in ``runs``."""
-    return f"for init in INITS:\n    train(load_config(devices=2, runs_dir={str(runs)!r}), data, init)\n"
+def train_cell(runs, **settings) -> str:
+    """A cell for the end of an engine notebook: its final `train` (the variations') with ``settings``, records in ``runs``."""
+    given = "".join(f"{name}={value!r}, " for name, value in settings.items())
+    return f"for init in INITS:\n    train(load_config({given}runs_dir={str(runs)!r}), data, init)\n"
 
 
 @pytest.fixture(scope="session")
 def two_processes_executed(tiny_base):
-    """The engine notebooks, each with a last cell training on 2 processes, progress bars on (as in Jupyter): the
-    executed notebooks, and what each kernel process wrote to its own stderr."""
+    """The engine notebooks with cells appended, progress bars on (as in Jupyter): 2 processes with the EXACT
+    settings, 2 processes with the recipe's own (layer4 and dropout), and in 01 first the EXACT settings on one
+    process. The executed notebooks, the indices of their 2-process cells, and what each kernel process wrote to
+    its own stderr."""
     import nbformat
     executed = {}
     for engine, name in ENGINE_NOTEBOOKS.items():
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-        nb.cells.append(nbformat.v4.new_code_cell(on_two_processes(tiny_base / "parallel-2")))
+        if engine == "plain":
+            nb.cells.append(nbformat.v4.new_code_cell(train_cell(tiny_base / "parallel-1", **EXACT)))
+        two = [len(nb.cells), len(nb.cells) + 1]
+        nb.cells.append(nbformat.v4.new_code_cell(train_cell(tiny_base / "parallel-2", devices=2, **EXACT)))
+        nb.cells.append(nbformat.v4.new_code_cell(train_cell(tiny_base / "parallel-2-recipe", devices=2)))
         log = tiny_base / f"parallel-2-{engine}-kernel.log"
         with log.open("w") as kernel_log:
-            env = dict(tiny_env(tiny_base, tiny_base / f"parallel-2-{engine}-notebook"), **EXACT, TL_PROGRESS="on")
+            env = dict(tiny_env(tiny_base, tiny_base / f"parallel-{engine}-notebook"), TL_PROGRESS="on")
             nb = run_notebook(nb, env, kernel_log)
-        executed[engine] = (nb, log.read_text())
+        executed[engine] = (nb, two, log.read_text())
     return executed
+
+
+@pytest.fixture(scope="session")
+def one_process(tiny_base, two_processes_executed):
+    return {init: RunRecord(tiny_base / "parallel-1", "demo", "plain", init).check_complete() for init in INITS}
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +71,12 @@ def two_processes(tiny_base, two_processes_executed):
 def test_forked_processes_draw_no_progress_widgets(engine, two_processes_executed):
     """A forked process cannot talk to the notebook's frontend: ipykernel drops what it sends ("attempted to send
     message from fork"), so its bars would be blank lines. The notebook's own process may draw (decoding the images)."""
-    nb, kernel_log = two_processes_executed[engine]
+    nb, two, kernel_log = two_processes_executed[engine]
     assert "send message from fork" not in kernel_log
-    last = nb.cells[-1]  # the 2-process runs (the recipe above drew its bars in the notebook's own process)
-    widgets = [o["data"].get("text/plain", "") for o in last.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    outputs = [o for i in two for o in nb.cells[i].outputs]  # the 2-process cells (the recipe above drew its bars)
+    widgets = [o["data"].get("text/plain", "") for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert not [w for w in widgets if "epoch" in w.lower()], widgets
-    printed = "".join(o.get("text", "") for o in last.outputs)
+    printed = "".join(o.get("text", "") for o in outputs)
     assert "transfer epoch 2:" in printed  # rank 0 still says how each epoch went
 
 
@@ -92,11 +98,23 @@ def test_the_engines_agree_with_two_processes_and_batchnorm_shows_it_ran_split(o
     assert not np.allclose(split["train_loss"], whole["train_loss"], rtol=1e-5)
 
 
+def test_the_engines_agree_on_two_processes_for_the_recipe_itself(tiny_base, two_processes_executed):
+    """layer4 (its BatchNorm normalising each process's half-batch) and dropout on: every process seeds its own
+    stream alike in every engine, so the three engines still compute the same numbers."""
+    runs = {(e, i): RunRecord(tiny_base / "parallel-2-recipe", "demo", e, i).check_complete() for e in ENGINE_NOTEBOOKS for i in INITS}
+    assert {(r.meta.world, r.meta.trainable, r.meta.config["dropout"]) for r in runs.values()} == \
+        {(2, "layer4", 0.2), (2, "scratch", 0.2)}
+    table = assert_engines_agree({k: r.history for k, r in runs.items()})
+    assert table["agrees"].all()
+    for init in INITS:
+        assert len({runs[(e, init)].meta.test_acc for e in ENGINE_NOTEBOOKS}) == 1, init
+
+
 def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(two_processes, tiny_base, tmp_path):
     runs = tmp_path / "runs"
-    env = dict(tiny_env(tiny_base, tmp_path / "notebook-runs"), **EXACT)
+    env = tiny_env(tiny_base, tmp_path / "notebook-runs")
     script = tmp_path / "plain_as_script.py"
-    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]) + "\n" + on_two_processes(runs))
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]) + "\n" + train_cell(runs, devices=2, **EXACT))
     marker = RunRecord(runs, "demo", "plain", "transfer").resume
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
