@@ -179,3 +179,14 @@ def test_rows_that_engines_share_are_shown_once():
     once = C.once_per_result(table)
     assert list(once.index) == [("plain, ignite", "transfer"), ("plain", "scratch"), ("ignite", "scratch")]
     assert list(once["acc"]) == [0.5, 0.3, 0.4]
+
+
+def test_the_variations_run_is_compared_with_the_recipe_in_words():
+    from conftest import make_meta
+    from common.results.wording import variations_against_recipe
+    counts = {"test": {"a": 10, "b": 10}}
+    recipe = make_meta(test_acc=0.50, class_counts=counts, weights_source="random")
+    line = variations_against_recipe(recipe, make_meta(test_acc=0.52, class_counts=counts, weights_source="random"))
+    assert "about the same here" in line and "one is 5.0%" in line and "RANDOM weights" in line
+    real = variations_against_recipe(make_meta(test_acc=0.5, class_counts=counts), make_meta(test_acc=0.7, class_counts=counts))
+    assert "better here" in real and "RANDOM" not in real and "2 epochs each" in real

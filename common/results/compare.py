@@ -33,10 +33,11 @@ def agreement_table(histories: dict[tuple[str, str], pd.DataFrame], reference: s
     return pd.DataFrame(rows)
 
 
-def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS) -> pd.DataFrame:
-    """The agreement table of the runs ``names`` (default: transfer and scratch) present on disk, written for
-    people: each metric's largest per-epoch gap to the plain loop in percent (the learning rate only where it
-    changed during a run); missing records are skipped, with a note."""
+def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS) -> pd.DataFrame | None:
+    """The agreement of the runs ``names`` (default: transfer and scratch) present on disk, written for people:
+    one sentence when every gap is below 0.001 %, else a table of each metric's largest per-epoch gap to the plain
+    loop in percent (the learning rate only where it changed during a run); missing records are skipped, with a
+    note."""
     records = {(engine, name): RunRecord(runs_dir, dataset, engine, name) for engine in engines for name in names}
     missing = [record.label for record in records.values() if not record.complete]
     if missing:
@@ -45,10 +46,19 @@ def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS)
     table = agreement_table(histories)
     if table.empty:
         return table
+    order = {name: i for i, name in enumerate(names)}
+    table = table.sort_values(["engine", "init"], key=lambda c: c.map(order) if c.name == "init" else c)
+    if (table[list(COMPARED)] < 1e-5).all().all():
+        runs = ", ".join(f"{e} / {n}" for e, n in zip(table["engine"], table["init"]))
+        print(f"{runs}: every per-epoch loss, accuracy and learning rate is within 0.001 % of the plain loop's: "
+              "the same computation.")
+        return None
     scheduled = any(hist["lr"].nunique() > 1 for hist in histories.values())
     shown = table.rename(columns={"init": "run"})[["engine", "run", "epochs"]]
+    names = {"train_loss": "training loss", "val_loss": "validation loss", "train_acc": "training accuracy",
+             "val_acc": "validation accuracy", "lr": "learning rate"}
     for metric in COMPARED if scheduled else [m for m in COMPARED if m != "lr"]:
-        shown[f"{metric} gap"] = table[metric].map(_percent)
+        shown[f"{names[metric]}, largest gap"] = table[metric].map(_percent)
     shown["agrees"] = table["agrees"]
     return shown.set_index(["engine", "run"])
 
@@ -83,7 +93,9 @@ def time_to_target(history: pd.DataFrame, target: float) -> float | None:
 
 def trains(meta) -> str:
     """What a run trained, from its record: its mode, or each stage's ("head then layer3")."""
-    return " then ".join(s["trainable"] for s in meta.stages) if len(meta.stages) > 1 else meta.trainable
+    if len(meta.stages) > 1:
+        return " then ".join(s["trainable"] for s in meta.stages)
+    return "all, from random weights" if meta.trainable == "scratch" else meta.trainable
 
 
 def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
@@ -103,7 +115,11 @@ def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
                     "epochs": len(h), "seconds per epoch": round(float(h["epoch_seconds"].mean()), 1),
                     "trainable parameters": f"{m.parameters['trainable']:,}", "weights": m.weights_source})
         rows.append(row)
-    return pd.DataFrame(rows).set_index(["engine", "run"])
+    table = pd.DataFrame(rows).set_index(["engine", "run"])
+    # A column with one value in every row says nothing about the difference between the runs (the caption and the
+    # sentences say what the runs share).
+    same = [c for c in ("epochs", "weights") if len(table) > 1 and table[c].nunique() == 1]
+    return table.drop(columns=same)
 
 
 def speed_ratios(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:

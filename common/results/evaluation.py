@@ -53,8 +53,10 @@ def per_class_report(predictions: pd.DataFrame, class_names: list[str]) -> pd.Da
     report = classification_report(predictions["true"], predictions["pred"], labels=class_names,
                                     output_dict=True, zero_division=0)
     report.pop("accuracy", None)  # a single number, not a row: scikit-learn would spread it over every column
-    table = pd.DataFrame(report).T
-    return table.astype({"support": int})
+    table = pd.DataFrame(report).T.astype({"support": int})
+    if table.loc[class_names, "support"].nunique() == 1:  # equal classes: the weighted average is the macro one
+        table = table.drop(index="weighted avg")
+    return table
 
 
 def dominant_prediction(predictions: pd.DataFrame) -> tuple[str, float]:

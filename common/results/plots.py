@@ -19,7 +19,7 @@ INIT_COLOURS = {"transfer": "#1f77b4", "scratch": "#ff7f0e"}
 RUN_COLOURS = {"variations": "#7b3294"}  # the engine notebooks' run with every variation on
 # Notebook 05's runs, by how much trains: light to dark as more of the network trains; the recipe (layer4) in
 # the transfer colour, scratch in its own.
-MODE_COLOURS = {"head-cached": "#c6dbef", "head": "#9ecae1", "layer4": "#1f77b4", "layer3": "#08519c",
+MODE_COLOURS = {"head-cached": "#6baed6", "head": "#6baed6", "layer4": "#1f77b4", "layer3": "#08519c",
                 "all": "#08306b", "two-stage": "#9467bd", "scratch": "#ff7f0e"}
 ENGINE_MARKERS = {"plain": "o", "ignite": "s", "lightning": "^"}
 FROZEN_COLOUR, TRAINABLE_COLOUR = "#bbbbbb", "#2ca02c"
@@ -371,5 +371,9 @@ def plot_curves_per_run(histories: dict[str, pd.DataFrame], caption: str = "", c
         handles.append(Line2D([], [], color="grey", linestyle=":", label=f"chance ({chance:.2f})"))
     if any(stage_boundaries(h) for h in histories.values()):
         handles.append(Line2D([], [], color=BOUNDARY_COLOUR, linestyle="-.", label="stage 2 starts (unfrozen)"))
-    fig.legend(handles=handles, fontsize=7, loc="lower right", ncol=len(handles))
+    spare = axes.flat[len(names):]
+    if len(spare):  # an empty panel holds the legend, clear of the curves and the caption
+        spare[0].legend(handles=handles, fontsize=8, loc="center")
+    else:
+        axes.flat[0].legend(handles=handles, fontsize=7, loc="upper left")
     return finish_figure(fig, "Accuracy per epoch, one panel per run", caption)

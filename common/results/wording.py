@@ -42,6 +42,9 @@ def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
     for (_, epoch, train_acc, val_acc, gap), runs in _grouped(keys).items():
         if val_acc < chance + 0.1 and train_acc < chance + 0.1:
             verdict = "learned next to nothing yet: training and validation accuracy both near chance"
+        elif val_acc < chance + 0.1:
+            verdict = ("validation accuracy is near chance: what it learned on its training images does not carry over "
+                       "to new ones yet, so the gap says it has not learned the task, not that it memorised")
         elif gap > 0.15:
             verdict = f"fits its training images much better than new ones (gap {gap:+.2f}): overfitting"
         elif gap < -0.05:
@@ -51,8 +54,8 @@ def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
             verdict = f"training and validation accuracy are close (gap {gap:+.2f}): no overfitting yet"
         loss_gap = gaps.loc[runs[0], "loss_gap"]
         if loss_gap > 0.5:
-            verdict += (f"; but its validation loss is {loss_gap:.2f} above its training loss: on new images it is "
-                        "confidently wrong more often than its accuracy shows")
+            verdict += (f"; its validation loss is {loss_gap:.2f} above its training loss: its wrong answers on new "
+                        "images come with high confidence")
         lines.append(f"{_together(runs)}: after epoch {epoch}, train {train_acc:.2f} vs validation {val_acc:.2f}: {verdict}.")
     return lines
 
@@ -98,6 +101,23 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
         lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs}: "
                      f"{better} did better here.")
     return lines
+
+
+def variations_against_recipe(recipe, variations) -> str:
+    """What an engine notebook's `variations` run shows beside the recipe's transfer run (both RunMeta): their test
+    accuracies, how much one test image is, and what random weights leave unshown."""
+    images = sum(variations.class_counts.get("test", {}).values()) or 1
+    gap = variations.test_acc - recipe.test_acc
+    verdict = ("about the same" if abs(gap) < 1.5 / images
+               else "better" if gap > 0 else "worse")
+    epochs = (f"{recipe.epochs_run} epochs each" if recipe.epochs_run == variations.epochs_run
+              else f"{variations.epochs_run} and {recipe.epochs_run} epochs")
+    line = (f"variations: test accuracy {variations.test_acc:.1%} against the recipe's {recipe.test_acc:.1%} after "
+            f"{epochs} ({images} test images, one is {1 / images:.1%}): {verdict} here.")
+    if variations.random_transfer:
+        line += (" Both started from RANDOM weights, so the head-first stage protected no pretrained features: this "
+                 "run shows the variations at work, not what they gain with ImageNet weights.")
+    return line
 
 
 def _listed(items) -> str:

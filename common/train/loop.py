@@ -12,8 +12,7 @@ from tqdm.auto import tqdm
 def train_one_epoch(run, criterion, desc="train"):
     run.net.train()  # dropout on; the frozen blocks' BatchNorm stays in eval mode (notebook 00)
     total_loss, correct, seen = (torch.zeros((), device=run.device) for _ in range(3))
-    # The bar is driven by hand rather than wrapped around the loader: wrapping a shuffled DataLoader (tqdm 4.70)
-    # advanced its random generator, which changed the batch order and broke the comparison of engines.
+    # Driven by hand: wrapped around the loader, tqdm would draw from its random generator and change the batch order.
     bar = tqdm(total=len(run.loaders["train"]), desc=desc, leave=False, mininterval=5, disable=not run.show_progress)
     for images, labels in run.loaders["train"]:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
