@@ -190,3 +190,19 @@ def test_the_variations_run_is_compared_with_the_recipe_in_words():
     assert "about the same here" in line and "one is 5.0%" in line and "RANDOM weights" in line
     real = variations_against_recipe(make_meta(test_acc=0.5, class_counts=counts), make_meta(test_acc=0.7, class_counts=counts))
     assert "better here" in real and "RANDOM" not in real and "2 epochs each" in real
+
+
+def test_engine_agreement_is_a_sentence_when_exact_and_a_table_in_percent_when_not(tmp_path, capsys):
+    p = _preds(["a", "b"], ["a", "b"])
+    history = _history([0.5, 0.8], [2, 2])
+    for engine in ("plain", "ignite"):
+        for init in ("transfer", "scratch"):
+            _record(tmp_path, engine, init, history, p, 10)
+    assert C.engine_agreement(tmp_path, "toy", engines=("plain", "ignite")) is None
+    assert "the same computation" in capsys.readouterr().out
+    _record(tmp_path, "ignite", "scratch", history.assign(val_loss=[1.0, 1.02]), p, 10)
+    table = C.engine_agreement(tmp_path, "toy", engines=("plain", "ignite"))
+    assert list(table.index) == [("ignite", "transfer"), ("ignite", "scratch")]  # the suite's order
+    assert table.loc[("ignite", "scratch"), "validation loss, largest gap"] == "2.000 %"
+    assert "learning rate, largest gap" not in table  # constant rates: nothing to compare
+    assert not table.loc[("ignite", "scratch"), "agrees"]
