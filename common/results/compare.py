@@ -112,7 +112,7 @@ def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
         if 2 * m.top_k <= len(m.class_names):
             row[f"test top-{m.top_k} accuracy"] = round(m.test_topk_acc, 3)
         row.update({"best validation accuracy": round(float(h["val_acc"].max()), 3), "best epoch": m.best_epoch,
-                    "epochs": len(h), "seconds per epoch": round(float(h["epoch_seconds"].mean()), 1),
+                    "epochs": len(h), "seconds per epoch (mean)": round(float(h["epoch_seconds"].mean()), 1),
                     "trainable parameters": f"{m.parameters['trainable']:,}", "weights": m.weights_source})
         rows.append(row)
     table = pd.DataFrame(rows).set_index(["engine", "run"])
