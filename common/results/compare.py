@@ -10,6 +10,8 @@ from common.results.records import ENGINES, INITS, RunRecord, find_records
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
 TOLERANCE = 0.005  # 0.5 % relative
+METRIC_WORDS = {"train_loss": "training loss", "val_loss": "validation loss", "train_acc": "training accuracy",
+                "val_acc": "validation accuracy", "lr": "learning rate"}
 
 
 def relative_gap(a: pd.Series, b: pd.Series) -> float:
@@ -55,10 +57,8 @@ def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS)
         return None
     scheduled = any(hist["lr"].nunique() > 1 for hist in histories.values())
     shown = table.rename(columns={"init": "run"})[["engine", "run", "epochs"]]
-    names = {"train_loss": "training loss", "val_loss": "validation loss", "train_acc": "training accuracy",
-             "val_acc": "validation accuracy", "lr": "learning rate"}
     for metric in COMPARED if scheduled else [m for m in COMPARED if m != "lr"]:
-        shown[f"{names[metric]}, largest gap"] = table[metric].map(_percent)
+        shown[f"{METRIC_WORDS[metric]}, largest gap"] = table[metric].map(_percent)
     shown["agrees"] = table["agrees"]
     return shown.set_index(["engine", "run"])
 

@@ -104,9 +104,9 @@ class TrainingRun:
         """``total / count`` read from the device once: an epoch's mean loss or accuracy from running sums. With
         several processes, each holds the sums of its share of the batches: they are added up first."""
         if self.world > 1:
-            total, count = total.clone(), count.clone()
-            torch.distributed.all_reduce(total)
-            torch.distributed.all_reduce(count)
+            both = torch.stack([total, count.to(total.dtype)])  # one collective, and the caller's sums stay as they were
+            torch.distributed.all_reduce(both)
+            total, count = both
         return (total / count).item()
 
     def stage_for(self, epoch: int) -> Stage:
