@@ -20,8 +20,9 @@ TINY = dict(TL_BUDGET="smoke", TL_IMAGE_SIZE="32", TL_DEMO_IMAGES_PER_CLASS="12"
 
 def tiny_env(base: Path, runs: Path | None = None) -> dict:
     """The environment for a notebook run: TINY settings, data under ``base``, records in ``runs``."""
-    return dict(os.environ, **TINY, TL_DATA_DIR=str(base / "data"), TL_RUNS_DIR=str(runs or base / "runs"),
-                MPLBACKEND="Agg")
+    # No MPLBACKEND: the kernel then draws inline, as in Jupyter (ipykernel sets it only where it is unset).
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    return dict(env, **TINY, TL_DATA_DIR=str(base / "data"), TL_RUNS_DIR=str(runs or base / "runs"))
 
 
 def run_notebook(nb, env: dict, kernel_log=None):

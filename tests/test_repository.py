@@ -84,7 +84,23 @@ def test_importing_common_needs_no_training_engine():
 
 def _setup_cell_source() -> str:
     cell = next(c for c in _cells(NOTEBOOKS[0]) if c["cell_type"] == "code")
-    return "".join(cell["source"]).replace("%matplotlib inline", "")
+    return "".join(cell["source"])
+
+
+def test_setup_cell_is_short():
+    """A learner's first cell: the fetching it cannot do without (the repository is not there yet), the rest in
+    colab_setup.sh."""
+    assert len(_setup_cell_source().splitlines()) <= 15
+
+
+def test_setup_cell_outside_a_clone_says_what_to_do(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TL_CLONE_DIR=str(tmp_path / "content"))
+    out = subprocess.run([sys.executable, "-c", _setup_cell_source()], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "open it from a clone of the repository" in out.stderr.lower()
+    assert not (tmp_path / "content").exists()
 
 
 def test_setup_cell_finds_the_repository_locally(tmp_path):
@@ -170,8 +186,8 @@ def test_setup_cell_on_kaggle_copies_the_repository_attached_as_input(tmp_path, 
     shutil.copytree(origin, attached, ignore=shutil.ignore_patterns(".git"))
     (attached / "runs").mkdir()
     source = _setup_cell_source()
-    assert 'Path("/kaggle/input")' in source
-    source = source.replace('Path("/kaggle/input")', f'Path("{tmp_path / "input"}")')
+    assert '"/kaggle/input/' in source
+    source = source.replace('"/kaggle/input/', f'"{tmp_path / "input"}/')
     out = _run_setup_cell_on_colab(tmp_path, server, source=source)
     assert out.returncode == 0, out.stderr
     clone = tmp_path / "content" / "tl-tutorial"
