@@ -69,7 +69,7 @@ def main() -> None:
                     TL_BATCH_SIZE=str(args.batch_size), TL_EPOCHS=str(args.epochs), TL_BUDGET="full",
                     TL_TRAIN_PER_CLASS="none", TL_EVAL_PER_CLASS="none", TL_RESUME="0", TL_PROGRESS="0",
                     TL_CACHE_IMAGES="1", TL_DATA_DIR=str(work / "data"))
-    env = dict(os.environ, **settings, MPLBACKEND="Agg")
+    env = dict(os.environ, **settings)
     if not args.on_gpus:  # not a GPU per process: every run on the CPU, so that 1 and N compare like for like
         env["TL_DEVICE"] = "cpu"
     engines = args.engines.split(",")

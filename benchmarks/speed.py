@@ -146,7 +146,7 @@ def main() -> None:
                     TL_BATCH_SIZE=str(args.batch_size), TL_EPOCHS=str(args.epochs), TL_BUDGET="full",
                     TL_TRAIN_PER_CLASS="none", TL_EVAL_PER_CLASS="none", TL_RESUME="0",
                     TL_DATA_DIR=str(work / "data"), TL_RUNS_DIR=str(work / "runs"))
-    env = dict(os.environ, **settings, MPLBACKEND="Agg")
+    env = dict(os.environ, **settings)
     os.environ.update(settings)
     cfg = load_config()
     data = prepare_data(cfg)

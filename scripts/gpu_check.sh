@@ -38,7 +38,7 @@ from pathlib import Path
 from speed import synthetic_dataset
 print(synthetic_dataset(Path(sys.argv[1]), 60))" "$OUT")
 export TL_DATASET="$DATA" TL_BUDGET=full TL_EPOCHS=3 TL_WEIGHTS=auto TL_RUNS_DIR="$OUT/runs" TL_DATA_DIR="$OUT/data" \
-       TL_PROGRESS=off MPLBACKEND=Agg
+       TL_PROGRESS=off
 
 run_nb() {  # run_nb NOTEBOOK NAME [VAR=VALUE ...]: execute in a fresh kernel, keep the copy and the kernel's log
   local nb=$1 name=$2; shift 2
