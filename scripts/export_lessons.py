@@ -1,8 +1,8 @@
 """Write the library modules whose source is a lesson: the code cells of a notebook that open with ``#| export``.
 
-Notebook 01 teaches the plain training loop, and notebook 05 (and the tests) train with the same loop, so its
-text lives once, in the notebook's cells; ``common/train/loop.py`` is generated from them (as nbdev's
-``#| export`` or d2l's ``#@save`` do). After changing a marked cell, run
+What notebooks 01, 02, 03 and 07 teach is also run by other notebooks and the tests (notebook 05 trains with the
+plain loop; notebook 07 runs every engine's code on several processes), so its text lives once, in the notebooks'
+cells; the modules in ``EXPORTS`` are generated from them (as nbdev's ``#| export`` or d2l's ``#@save`` do). After changing a marked cell, run
 
     .venv/bin/python scripts/export_lessons.py           # rewrite the generated modules
     .venv/bin/python scripts/export_lessons.py --check   # exit 1, naming the module, if one is out of date
@@ -23,7 +23,26 @@ EXPORTS = {
     "notebooks/01_plain_pytorch.ipynb": ("common/train/loop.py", '''"""The plain training loop, generated from notebook 01's cells marked ``#| export``: edit the notebook, not this file.
 
 Notebook 01 writes the loop out cell by cell; ``scripts/export_lessons.py`` copies those cells here, and
-``tests/test_lessons.py`` fails when the two differ. Notebook 05 trains its spectrum of modes with ``train``.
+``tests/test_lessons.py`` fails when the two differ. Notebooks 05 and 07 train with ``fit`` and ``train``.
+"""
+from __future__ import annotations
+'''),
+    "notebooks/02_ignite.ipynb": ("common/train/ignite_engine.py", '''"""The Ignite run, generated from notebook 02's cells marked ``#| export``: edit the notebook, not this file.
+
+Notebook 07 runs ``train_in_process`` in each of several processes.
+"""
+from __future__ import annotations
+'''),
+    "notebooks/03_lightning.ipynb": ("common/train/lightning_engine.py", '''"""Lightning's module, data module, callbacks and Trainer, from notebook 03's cells marked ``#| export``.
+
+Generated: edit the notebook, not this file. Notebook 07 trains them on several processes.
+"""
+from __future__ import annotations
+'''),
+    "notebooks/07_several_devices.ipynb": ("common/train/parallel.py", '''"""Several devices, one process each, for the three engines: notebook 07's cells marked ``#| export``.
+
+Generated: edit the notebook, not this file. The final ``train`` of notebooks 01-03 calls these when ``devices``
+is above 1.
 """
 from __future__ import annotations
 '''),

@@ -1,7 +1,7 @@
 """The plain training loop, generated from notebook 01's cells marked ``#| export``: edit the notebook, not this file.
 
 Notebook 01 writes the loop out cell by cell; ``scripts/export_lessons.py`` copies those cells here, and
-``tests/test_lessons.py`` fails when the two differ. Notebook 05 trains its spectrum of modes with ``train``.
+``tests/test_lessons.py`` fails when the two differ. Notebooks 05 and 07 train with ``fit`` and ``train``.
 """
 from __future__ import annotations
 
@@ -90,26 +90,10 @@ def fit(run):
     return progress.history
 
 
-import torch.distributed as dist
-import torch.multiprocessing as mp
-
-from common.results.records import RunRecord
-from common.runtime import as_child_process, distributed_backend, free_port, resolve_devices
+from common.runtime import resolve_devices
+from common.train.parallel import train_plain_on_processes
 from common.train.resume import finished_run
-from common.train.run import finish_run, forking, start_run
-
-
-def train_on_rank(rank, world, port, cfg, data, init, name):
-    """What each of the `world` processes runs."""
-    as_child_process()  # one CPU thread per process, and end with the notebook's kernel
-    dist.init_process_group(distributed_backend(cfg.device), init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        run = start_run(cfg, data, engine="plain", init=init, name=name, rank=rank, world=world)
-        history = fit(run)
-        if run.is_main:
-            finish_run(run, history, run.record.load_best())
-    finally:
-        dist.destroy_process_group()
+from common.train.run import finish_run, start_run
 
 
 def train(cfg, data, init, name=None):
@@ -118,9 +102,7 @@ def train(cfg, data, init, name=None):
     done = finished_run(cfg, data, "plain", init, world, name)  # run again after a disconnect: done runs are kept
     if done is not None:
         return done
-    if world == 1:
-        run = start_run(cfg, data, engine="plain", init=init, name=name)
-        return finish_run(run, fit(run), run.record.load_best())
-    with forking(cfg, data, world):  # decode the images and fetch the weights once, here: the processes share them
-        mp.start_processes(train_on_rank, args=(world, free_port(), cfg, data, init, name), nprocs=world, start_method="fork")
-    return RunRecord(cfg.runs_dir, data.source.name, "plain", name or init).meta
+    if world > 1:  # several devices: notebook 07
+        return train_plain_on_processes(fit, cfg, data, init, name, world)
+    run = start_run(cfg, data, engine="plain", init=init, name=name)
+    return finish_run(run, fit(run), run.record.load_best())
