@@ -1,7 +1,7 @@
 """Does a second device pay? Throughput with 1 and with N processes, and the scaling efficiency, in one run.
 
 Runs the engine notebooks (the code learners read, each in a fresh kernel) on the same synthetic dataset
-shaped like the vegetable one, first with ``TL_DEVICES=1``, then with ``TL_DEVICES=N`` (one process per GPU;
+shaped like the vegetable one, each ending with its final ``train`` at ``devices=1``, then at ``devices=N`` (one process per GPU;
 on a machine without one, N gloo processes on the CPU, one thread each), and prints per engine and
 initialisation the median epoch seconds after the first (warm-up) epoch, images per second, the speed-up
 and the scaling efficiency (speed-up / N; 1.0 would be perfect).
@@ -79,7 +79,10 @@ def main() -> None:
     worlds = (1, args.processes)
     for world in worlds:
         print(f"{world} process(es):", flush=True)
-        run_engines(engines, dict(env, TL_DEVICES=str(world), TL_RUNS_DIR=str(work / f"runs-{world}")))
+        # The recipe's cells train on one process (they refuse devices); the final `train` of the variations,
+        # appended, trains both runs again on `world` processes, over the recipe's records.
+        run_engines(engines, dict(env, TL_RUNS_DIR=str(work / f"runs-{world}")),
+                    last_cell=f"for init in INITS:\n    train(load_config(devices={str(world)!r}), data, init)")
     rows = []
     for engine in engines:
         for init in ("transfer", "scratch"):

@@ -54,13 +54,16 @@ def synthetic_dataset(folder: Path, per_class: int) -> Path:
     return make_demo_dataset(folder / "synthetic-vegetables", per_class, image_size=224, seed=0, classes=names)
 
 
-def run_engines(engines: list[str], env: dict) -> None:
+def run_engines(engines: list[str], env: dict, last_cell: str | None = None) -> None:
+    """Execute each engine's notebook with ``env``; ``last_cell``: code appended to each, run last."""
     import nbformat
     from nbclient import NotebookClient
 
     from common.results.records import ENGINE_NOTEBOOKS
     for engine in engines:
         nb = nbformat.read(ROOT / "notebooks" / ENGINE_NOTEBOOKS[engine], as_version=4)
+        if last_cell:
+            nb.cells.append(nbformat.v4.new_code_cell(last_cell))
         start = time.perf_counter()
         NotebookClient(nb, timeout=7200, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute(env=env)

@@ -69,15 +69,10 @@ for nb in notebooks/[0-9]*.ipynb; do run_nb "$nb" "$(basename "$nb" .ipynb)"; do
 # 2. What no CPU stand-in can show.
 run_nb notebooks/01_plain_pytorch.ipynb 01_deterministic TL_DETERMINISTIC=1 TL_RUNS_DIR="$OUT/runs-deterministic"
 # CPU processes on a GPU machine (hidden GPUs; Ignite would put rank 1 on a GPU that a one-GPU runtime lacks),
-# with progress bars on as in Jupyter (forked processes must draw none).
-for nb in 01_plain_pytorch 02_ignite 03_lightning; do
-  run_nb "notebooks/$nb.ipynb" "${nb}_cpu_processes" TL_DEVICES=2 TL_DEVICE=cpu TL_PROGRESS=on TL_IMAGE_SIZE=64 \
-    TL_EPOCHS=2 TL_TRAIN_PER_CLASS=8 TL_EVAL_PER_CLASS=4 TL_RUNS_DIR="$OUT/runs-cpu-processes"
-done
-if [ "$GPUS" -ge 2 ]; then  # NCCL, SyncBatchNorm, one GPU per rank, precision per engine
-  for nb in 01_plain_pytorch 02_ignite 03_lightning; do
-    run_nb "notebooks/$nb.ipynb" "${nb}_all_gpus" TL_DEVICES=auto TL_PROGRESS=on TL_RUNS_DIR="$OUT/runs-all-gpus"
-  done
+# with progress bars on as in Jupyter (forked processes must draw none): notebook 07, every engine.
+run_nb notebooks/07_several_devices.ipynb 07_cpu_processes TL_DEVICE=cpu TL_PROGRESS=on TL_RUNS_DIR="$OUT/runs-cpu-processes"
+if [ "$GPUS" -ge 2 ]; then  # NCCL, SyncBatchNorm, one GPU per rank, precision per engine (07 uses the GPUs)
+  run_nb notebooks/07_several_devices.ipynb 07_all_gpus TL_PROGRESS=on TL_RUNS_DIR="$OUT/runs-all-gpus"
 fi
 "$PY" - "$OUT" <<'EOF' | tee -a "$OUT/summary.txt" || FAILED=$((FAILED + 1))
 import json, re, sys
