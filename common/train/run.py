@@ -221,13 +221,16 @@ def forking(cfg: Config, data: DataBundle, world: int):
     """Around the fork of a run's ``world`` processes, in the notebook's process (nothing with one): decode the
     images (the processes share those pages) and fetch the pretrained weights (one download and at most one
     banner, not one per process) first, and give the processes the environment they need
-    (:func:`common.runtime.processes_environment`)."""
+    (:func:`common.runtime.processes_environment`). The random state stays as it was: Lightning's processes
+    inherit it from this one (after ``start_run`` seeded it), and building a network to load weights into draws
+    from it."""
     if world == 1:
         yield
         return
-    cache_decoded_images(cfg, data)
-    if cfg.weights != "random":
-        load_backbone(cfg.weights, cfg.data_dir / "weights")
+    with torch.random.fork_rng(devices=[]):
+        cache_decoded_images(cfg, data)
+        if cfg.weights != "random":
+            load_backbone(cfg.weights, cfg.data_dir / "weights")
     with processes_environment(cfg.device):
         yield
 
