@@ -58,12 +58,12 @@ def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS)
     scheduled = any(hist["lr"].nunique() > 1 for hist in histories.values())
     shown = table.rename(columns={"init": "run"})[["engine", "run", "epochs"]]
     for metric in COMPARED if scheduled else [m for m in COMPARED if m != "lr"]:
-        shown[f"{METRIC_WORDS[metric]}, largest gap"] = table[metric].map(_percent)
+        shown[f"{METRIC_WORDS[metric]}, largest gap"] = table[metric].map(gap_in_percent)
     shown["agrees"] = table["agrees"]
     return shown.set_index(["engine", "run"])
 
 
-def _percent(gap: float) -> str:
+def gap_in_percent(gap: float) -> str:
     """A relative gap as people read it: '0 %' when equal, '< 0.001 %' when below that, else three decimals."""
     if gap == 0:
         return "0 %"
