@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 def train_one_epoch(run, criterion, desc="train"):
     run.net.train()  # dropout on; the frozen blocks' BatchNorm stays in eval mode (notebook 00)
     total_loss, correct, seen = (torch.zeros((), device=run.device) for _ in range(3))
-    # Driven by hand: wrapped around the loader, tqdm would draw from its random generator and change the batch order.
+    # Updated by hand, so the loop over the loader reads the same with the bar on or off.
     bar = tqdm(total=len(run.loaders["train"]), desc=desc, leave=False, mininterval=5, disable=not run.show_progress)
     for images, labels in run.loaders["train"]:
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
@@ -96,13 +96,13 @@ from common.train.resume import finished_run
 from common.train.run import finish_run, start_run
 
 
-def train(cfg, data, init, name=None):
+def train(cfg, data, init, name=None):  # name
     """Train one run and write its record, runs/<dataset>/plain-<name or init>/ (notebook 05 names its runs)."""
     world = resolve_devices(cfg.devices, cfg.device)  # 1 unless several devices were asked for and can be had
     done = finished_run(cfg, data, "plain", init, world, name)  # run again after a disconnect: done runs are kept
     if done is not None:
         return done
-    if world > 1:  # several devices: notebook 07
+    if world > 1:  # several devices, notebook 07
         return train_plain_on_processes(fit, cfg, data, init, name, world)
-    run = start_run(cfg, data, engine="plain", init=init, name=name)
+    run = start_run(cfg, data, engine="plain", init=init, name=name)  # every variation allowed
     return finish_run(run, fit(run), run.record.load_best())
