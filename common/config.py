@@ -26,11 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # recipe for a GPU (224 px, ImageNet normalisation, several epochs).
 BUDGETS: dict[str, dict] = {
     "smoke": dict(image_size=64, epochs=2, batch_size=16, demo_images_per_class=24,
-                  train_per_class=None, eval_per_class=None, num_workers=0),
+                  train_per_class=None, eval_per_class=None, num_workers=0, curve_trained_up_to=1),
     "cpu": dict(image_size=112, epochs=3, batch_size=32, demo_images_per_class=80,
-                train_per_class=60, eval_per_class=20, num_workers=None),
+                train_per_class=60, eval_per_class=20, num_workers=None, curve_trained_up_to=1),
     "full": dict(image_size=224, epochs=10, batch_size=64, demo_images_per_class=200,
-                 train_per_class=None, eval_per_class=None, num_workers=None),
+                 train_per_class=None, eval_per_class=None, num_workers=None, curve_trained_up_to=20),
 }
 
 
@@ -88,6 +88,7 @@ class Config:
     progress: bool = field(default=True, **_help("on: progress bars while training; the main job turns them off (a saved notebook keeps a bar's first frame only)"))
     early_stopping: int = field(default=0, **_help("stop after this many epochs without a better validation accuracy (0: off)"))
     top_k: int = field(default=5, **_help("how many class probabilities each test prediction keeps"))
+    curve_trained_up_to: int = field(default=FROM_BUDGET, **_help("notebook 08: the largest training set, in images per class, at which the recipe and scratch are trained (the head on cached features goes to every size; from the budget)"))
 
     def __post_init__(self) -> None:
         if self.budget == "auto":

@@ -4,9 +4,11 @@
 order and augmentation depend on the seed and the epoch alone."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
@@ -59,6 +61,27 @@ def prepare_data(cfg: Config) -> DataBundle:
     mean, std = imagenet_normalisation()
     datasets = make_datasets(manifest, build_transforms(cfg.image_size, mean, std), cfg.seed)
     return DataBundle(source, manifest, full_path, trained_path, datasets, [source.fallback] if source.fallback else [])
+
+
+def train_subset(data: DataBundle, per_class: int, repeat: int, folder: Path, seed: int) -> DataBundle:
+    """``data`` with ``per_class`` training images of every class, drawn for ``repeat`` (validation and test
+    untouched). Nested: one seeded order per repeat, cut at each size, so within a repeat a larger subset holds
+    every smaller one; repeats draw different orders. Stratified: exactly ``per_class`` of each class. Its
+    manifest is saved in ``folder`` (the fingerprint in the name), like every split as trained."""
+    repeat_seed = int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0])
+    manifest = data.manifest.limit_per_class("train", per_class, repeat_seed)
+    counts = manifest.files("train")["label"].value_counts().reindex(range(len(data.class_names)), fill_value=0)
+    if (counts < per_class).any():
+        short = [data.class_names[i] for i in counts.index[counts < per_class]]
+        raise ValueError(f"{per_class} training images per class asked for, but {', '.join(short)} has fewer: "
+                         f"use at most {int(counts.min())} per class.")
+    path = manifest.save(Path(folder) / f"train-{per_class}-per-class-repeat{repeat}-{manifest.fingerprint}.csv")
+    full, part = data.datasets["train"], manifest.files("train")
+    train = ImageListDataset(full.root, part["path"], part["label"], full.transform, seed=full.seed)
+    if full.cache is not None:  # the rows decoded already
+        position = {path: i for i, path in enumerate(full.paths)}
+        train.cache = full.cache[[position[path] for path in train.paths]]
+    return dataclasses.replace(data, manifest=manifest, manifest_path=path, datasets={**data.datasets, "train": train})
 
 
 def cache_decoded_images(cfg: Config, data: DataBundle) -> None:

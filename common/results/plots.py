@@ -377,3 +377,46 @@ def plot_curves_per_run(histories: dict[str, pd.DataFrame], caption: str = "", c
     else:
         axes.flat[0].legend(handles=handles, fontsize=7, loc="upper left")
     return finish_figure(fig, "Accuracy per epoch, one panel per run", caption)
+
+
+def plot_feature_maps(views: dict[str, dict[str, np.ndarray]], labels: np.ndarray, class_names: list[str],
+                      caption: str = "") -> plt.Figure:
+    """Notebook 08: one row per 2-D view (``views``: view name -> network -> (N, 2) points), one column per network,
+    each point an image coloured by its class (a qualitative colour map: the classes have no order)."""
+    names = list(next(iter(views.values())))
+    fig, axes = plt.subplots(len(views), len(names), figsize=(2.7 * len(names), 2.6 * len(views)), squeeze=False)
+    colours = plt.get_cmap("tab20")(np.arange(len(class_names)) % 20)
+    for row, (view, points) in zip(axes, views.items()):
+        for ax, name in zip(row, names):
+            ax.scatter(points[name][:, 0], points[name][:, 1], c=colours[labels], s=9, linewidths=0)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(name, fontsize=9)
+        row[0].set_ylabel(view, fontsize=9)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[i], label=c) for i, c in enumerate(class_names)]
+    fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return finish_figure(fig, "Validation images in each network's feature space, coloured by class", caption)
+
+
+def plot_data_curve(curve: pd.DataFrame, caption: str = "", chance: float | None = None) -> plt.Figure:
+    """Notebook 08: test accuracy against training images per class (log axis), one line per way of training
+    (``curve``: rows of way, per_class, repeat, test_acc): the mean over the repeats, and each repeat as a dot."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    styles = {"head on ImageNet features": ("#1f77b4", "-"), "head on random features": ("#ff7f0e", "-"),
+              "recipe (layer4), transfer": ("#1f77b4", "--"), "recipe, scratch": ("#ff7f0e", "--")}
+    for way, part in curve.groupby("way", sort=False):
+        colour, line = styles.get(way, ("#333333", "-"))
+        mean = part.groupby("per_class")["test_acc"].mean()
+        ax.plot(mean.index, mean.values, color=colour, linestyle=line, marker="o", markersize=4, label=way)
+        ax.scatter(part["per_class"], part["test_acc"], color=colour, s=10, alpha=0.4, linewidths=0)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance ({chance:.2f})")
+    ax.set_xscale("log")
+    sizes = sorted(curve["per_class"].unique())
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return finish_figure(fig, "Test accuracy against the amount of training data (line: mean; dots: each subset)", caption)

@@ -262,6 +262,13 @@ class RunRecord:
         if self.engine_checkpoints is not None:
             shutil.rmtree(self.engine_checkpoints, ignore_errors=True)
 
+    def drop_weights(self) -> None:
+        """For a finished run kept for its numbers alone (notebook 08's curve trains dozens of small runs): its best
+        and last weights go, about 190 MB each time; history, predictions and metadata stay, so it still counts as
+        finished."""
+        self.best.unlink(missing_ok=True)
+        self.last.unlink(missing_ok=True)
+
     def load_best(self) -> dict:
         """The best weights, loaded with ``weights_only=True``."""
         return load_state(self.best)

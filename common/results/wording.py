@@ -177,3 +177,50 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     lines.append("Test accuracy here, best first: " + "; ".join(f"{acc:.1%} {', '.join(runs)}" for (acc,), runs in ranked)
                  + ".")
     return lines
+
+
+def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights: bool, same_network: bool) -> list[str]:
+    """Notebook 08: what the probe and nearest-neighbour scores of the four feature sets say (``scores``: one row
+    per network, columns "linear probe" and "5 nearest neighbours"), and what this run can show."""
+    probe = scores["linear probe"]
+    best = probe.idxmax()
+    lines = [f"Chance is {chance:.0%}. The best linear probe reads {probe[best]:.0%} off the features of {best}; "
+             f"the lowest, {probe.min():.0%} ({probe.idxmin()})."]
+    if random_weights:
+        lines.append("Without the ImageNet weights (offline), 'ImageNet' is a second random network"
+                     + (", here the very same one: those two rows are equal" if same_network else "") + ". So this run "
+                     "cannot show what pretraining gives: only what a random network's features and two short trainings "
+                     "do. With the real weights (README, 'Platforms') the ImageNet row is the one to look at.")
+    else:
+        gain = probe["ImageNet"] - probe["random init"]
+        lines.append(f"The ImageNet features, before any training on these images, give a probe {gain * 100:+.0f} points "
+                     "against random ones: what pretraining brings before fine-tuning starts.")
+    return lines
+
+
+def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
+    """Notebook 08: where transfer's lead over scratch is largest and smallest, per pair of curves (the head on
+    ImageNet against random features; the recipe against scratch), with the spread over the subsets."""
+    pairs = {"head on cached features": ("head on ImageNet features", "head on random features"),
+             "trained networks": ("recipe (layer4), transfer", "recipe, scratch")}
+    means = curve.groupby(["way", "per_class"])["test_acc"].mean()
+    ranges = curve.groupby(["way", "per_class"])["test_acc"].agg(lambda a: a.max() - a.min())
+    lines = []
+    for label, (transfer, scratch) in pairs.items():
+        if transfer not in means.index.get_level_values(0):
+            continue
+        lead = (means[transfer] - means[scratch]).dropna()
+        spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
+        top, low = lead.idxmax(), lead.idxmin()
+        if lead[top] - lead[low] < 0.005:
+            text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at every size"
+        else:
+            text = (f"{label.capitalize()}: transfer's lead is largest at {top} image(s) per class ({lead[top] * 100:+.0f} "
+                    f"points), smallest at {low} ({lead[low] * 100:+.0f})")
+        small = lead.abs() <= spread
+        text += (f"; at {_listed([str(k) for k in lead.index[small]])} image(s) per class it is within the subsets' own spread." if small.any()
+                 else "; everywhere larger than the subsets' own spread.")
+        lines.append(text)
+    if random_weights:
+        lines.append("Offline both pairs compare two random starts, so these leads are chance and spread, not transfer.")
+    return lines
