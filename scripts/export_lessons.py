@@ -1,6 +1,6 @@
 """Write the library modules whose source is a lesson: the code cells of a notebook that open with ``#| export``.
 
-What notebooks 01, 02, 03 and 07 teach is also run by other notebooks and the tests (notebook 05 trains with the
+What notebooks 01, 02, 03, 07 and 08 teach is also run by other notebooks and the tests (notebook 05 trains with the
 plain loop; notebook 07 runs every engine's code on several processes), so its text lives once, in the notebooks'
 cells; the modules in ``EXPORTS`` are generated from them (as nbdev's ``#| export`` or d2l's ``#@save`` do). After changing a marked cell, run
 
@@ -46,6 +46,12 @@ is above 1.
 """
 from __future__ import annotations
 '''),
+    "notebooks/08_why_transfer_works.ipynb": ("common/results/why_transfer.py", '''"""Why transfer works: notebook 08's cells marked ``#| export`` (feature probes, the accuracy-against-data curve).
+
+Generated: edit the notebook, not this file. The tests check its probes against scikit-learn's and its curve's resume.
+"""
+from __future__ import annotations
+'''),
 }
 
 
@@ -86,7 +92,7 @@ def main(check: bool) -> int:
     stale = []
     for notebook, (module, _) in EXPORTS.items():
         text, path = module_text(notebook), ROOT / module
-        if path.read_text() != text:
+        if not path.is_file() or path.read_text() != text:  # a new lesson has no module yet
             stale.append(module)
             if not check:
                 path.write_text(text)

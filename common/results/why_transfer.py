@@ -1,0 +1,113 @@
+"""Why transfer works: notebook 08's cells marked ``#| export`` (feature probes, the accuracy-against-data curve).
+
+Generated: edit the notebook, not this file. The tests check its probes against scikit-learn's and its curve's resume.
+"""
+from __future__ import annotations
+
+from common.model.resnet import build_model
+from common.results.records import RunRecord
+from common.runtime import seed_everything
+from common.use.predict import load_model
+
+
+def four_networks(cfg, data):
+    """The networks whose features are compared, by name."""
+    classes = len(data.class_names)
+    seed_everything(cfg.seed)
+    random_init, _ = build_model(classes, "scratch", dropout=cfg.dropout)
+    seed_everything(cfg.seed)  # the same draw: with random "ImageNet" weights, the same network
+    imagenet, _ = build_model(classes, "transfer", cfg.weights, cfg.dropout, cfg.data_dir / "weights")
+    trained = {init: load_model(RunRecord(cfg.runs_dir, data.source.name, "plain", init))[0] for init in ("transfer", "scratch")}
+    return {"random init": random_init, "ImageNet": imagenet, "fine-tuned": trained["transfer"],
+            "from scratch": trained["scratch"]}
+
+
+from common.train.features import extract_features, without_augmentation
+
+
+def split_features(model, data, device):
+    """Each split's pooled features and labels, as NumPy arrays."""
+    model.to(device)
+    out = {}
+    for split, dataset in without_augmentation(data).items():
+        x, y = extract_features(model, dataset, device)
+        out[split] = (x.cpu().numpy(), y.cpu().numpy())
+    return out
+
+
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def linear_probe(train, test):
+    """Accuracy on `test` of a logistic regression fitted on `train`, each (features, labels)."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(probe.fit(*train).score(*test))
+
+
+def knn_accuracy(train, test, k=5):
+    """Accuracy on `test` of a vote among each image's `k` nearest `train` images (cosine distance)."""
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train[1])), metric="cosine")
+    return float(knn.fit(*train).score(*test))
+
+
+import contextlib
+import io
+import json
+
+import pandas as pd
+
+from common.data.datasets import train_subset
+from common.io import write_text_atomic
+from common.train import loop
+
+LADDER = (1, 2, 5, 10, 20, 50)  # training images per class
+REPEATS = 3  # subsets per size
+
+
+def ladder_sizes(data):
+    """The sizes of LADDER that every class's training split has."""
+    return [k for k in LADDER if k <= data.manifest.counts()["train"].min()]
+
+
+def head_curve(features, cfg, data, folder, sizes, repeats=REPEATS):
+    """Test accuracy of the linear probe on each feature set's cached features, per size and subset."""
+    position, folder = {path: i for i, path in enumerate(data.datasets["train"].paths)}, folder / data.source.name
+    rows = []
+    for name, (x, y) in ((name, f["train"]) for name, f in features.items()):
+        for k in sizes:
+            for repeat in range(repeats):
+                subset = train_subset(data, k, repeat, folder / "subsets", cfg.seed)
+                point = dict(way=f"head on {name} features", per_class=k, repeat=repeat, split=subset.fingerprint,
+                             image_size=cfg.image_size, weights=cfg.weights)
+                saved = folder / "head-curve" / f"{name}-{k}-per-class-{repeat}.json"
+                done = json.loads(saved.read_text()) if saved.is_file() else {}
+                if {key: done.get(key) for key in point} != point:  # not made yet, or with other settings
+                    rows_of_subset = [position[path] for path in subset.datasets["train"].paths]
+                    done = dict(point, test_acc=linear_probe((x[rows_of_subset], y[rows_of_subset]), features[name]["test"]))
+                    write_text_atomic(saved, json.dumps(done))
+                rows.append(done)
+    return pd.DataFrame(rows)
+
+
+def recipe_curve(cfg, data, folder, sizes, repeats=REPEATS):
+    """Test accuracy of the recipe (transfer) and of scratch trained on each subset; one line per subset."""
+    rows = []
+    for k in sizes:
+        for repeat in range(repeats):
+            subset = train_subset(data, k, repeat, folder / data.source.name / "subsets", cfg.seed)
+            small = cfg.replace(runs_dir=folder, batch_size=min(cfg.batch_size, len(subset.datasets["train"])), progress=False)
+            accuracy = {}
+            for init in ("transfer", "scratch"):
+                name = f"{init}-{k}-per-class-{repeat}"
+                with contextlib.redirect_stdout(io.StringIO()):  # its epoch lines: one line per subset below
+                    meta = loop.train(small, subset, init, name=name)  # a finished run's record is kept
+                RunRecord(folder, data.source.name, "plain", name).drop_weights()
+                accuracy[init] = meta.test_acc
+            rows += [dict(way="recipe (layer4), transfer", per_class=k, repeat=repeat, test_acc=accuracy["transfer"]),
+                     dict(way="recipe, scratch", per_class=k, repeat=repeat, test_acc=accuracy["scratch"])]
+            print(f"{k} per class, subset {repeat + 1}: test accuracy transfer {accuracy['transfer']:.3f}, "
+                  f"scratch {accuracy['scratch']:.3f} ({meta.epochs_run} epochs, {meta.steps_per_epoch} step(s) each)")
+    return pd.DataFrame(rows)

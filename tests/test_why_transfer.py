@@ -1,0 +1,166 @@
+"""Notebook 08's pieces: the training subsets of the curve, the probes behind the feature pictures, and the curve's
+resume. The notebook itself runs in the executed suite (tests/test_lessons.py)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from common.config import load_config
+from common.data.datasets import prepare_data, train_subset
+from common.data.split import Manifest
+from common.results import why_transfer
+from common.results.records import RunRecord
+from common.results.wording import describe_data_curve
+from common.results.why_transfer import head_curve, knn_accuracy, ladder_sizes, linear_probe, recipe_curve
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    base = tmp_path_factory.mktemp("why")
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, batch_size=8, epochs=1,
+                      demo_images_per_class=12, progress=False, data_dir=base / "data", runs_dir=base / "runs")
+    return cfg, prepare_data(cfg)
+
+
+def train_files(subset):
+    return subset.manifest.files("train")
+
+
+def test_subsets_are_stratified_nested_within_a_repeat_reproducible_and_saved(setting, tmp_path):
+    cfg, data = setting
+    sizes = ladder_sizes(data)
+    assert sizes == [1, 2, 5]  # 8 or 9 training images per class at 12 per class: 10 is too many
+    classes = len(data.class_names)
+    for repeat in range(3):
+        subsets = [train_subset(data, k, repeat, tmp_path, cfg.seed) for k in sizes]
+        for k, subset in zip(sizes, subsets):
+            files = train_files(subset)
+            assert (files["label"].value_counts().reindex(range(classes)) == k).all()  # exactly k of every class
+            assert len(subset.datasets["train"]) == k * classes
+            for split in ("validation", "test"):  # untouched
+                assert subset.datasets[split] is data.datasets[split]
+            assert set(files["path"]) <= set(data.manifest.files("train")["path"])
+            assert Manifest.load(subset.manifest_path).fingerprint == subset.fingerprint  # saved, and loads back
+        for smaller, larger in zip(subsets, subsets[1:]):
+            assert set(train_files(smaller)["path"]) < set(train_files(larger)["path"])  # nested
+    again = train_subset(data, 2, 1, tmp_path, cfg.seed)
+    assert train_files(again)["path"].tolist() == train_files(train_subset(data, 2, 1, tmp_path, cfg.seed))["path"].tolist()
+    draws = {tuple(sorted(train_files(train_subset(data, 2, r, tmp_path, cfg.seed))["path"])) for r in range(3)}
+    assert len(draws) == 3  # each repeat draws its own subset
+    with pytest.raises(ValueError, match="has fewer: use at most"):
+        train_subset(data, 50, 0, tmp_path, cfg.seed)
+
+
+def blobs(classes=5, per_class=40, dims=64, seed=0, spread=0.1):
+    """Features that separate the classes by construction: a distinct centre per class, a little noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dims)) * 3
+    labels = np.repeat(np.arange(classes), per_class)
+    return (centres[labels] + rng.normal(size=(len(labels), dims)) * spread).astype(np.float32), labels
+
+
+def test_the_probes_are_scikit_learns_on_the_same_features():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(120, 32)), rng.integers(0, 4, 120)
+    train, test = (x[:80], y[:80]), (x[80:], y[80:])
+    expected = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(*train).score(*test)
+    assert linear_probe(train, test) == pytest.approx(expected, abs=0)
+    assert knn_accuracy(train, test) == KNeighborsClassifier(5, metric="cosine").fit(*train).score(*test)
+    assert knn_accuracy(train, test, k=1) == KNeighborsClassifier(1, metric="cosine").fit(*train).score(*test)
+    assert knn_accuracy((x[:3], y[:3]), test) == KNeighborsClassifier(3, metric="cosine").fit(x[:3], y[:3]).score(*test)
+
+
+def test_the_probes_read_separable_classes_and_find_nothing_in_shuffled_labels():
+    x, y = blobs(seed=2)
+    order = np.random.default_rng(3).permutation(len(y))
+    x, y = x[order], y[order]
+    train, test = (x[:100], y[:100]), (x[100:], y[100:])
+    assert linear_probe(train, test) > 0.95 and knn_accuracy(train, test) > 0.95
+    shuffled = np.random.default_rng(4).permutation(train[1])
+    chance = 1 / 5
+    scores = [linear_probe((train[0], shuffled), test), knn_accuracy((train[0], shuffled), test)]
+    assert all(abs(s - chance) < 0.2 for s in scores), scores  # 100 test images: chance plus noise
+
+
+def fake_features(data, dims=16):
+    """Per split, features that follow the labels (so the probe has something to find), in dataset order."""
+    out = {}
+    for split, ds in data.datasets.items():
+        labels = np.asarray(ds.labels)
+        rng = np.random.default_rng(len(labels))
+        out[split] = (np.eye(len(data.class_names), dims)[labels] * 3 + rng.normal(size=(len(labels), dims)), labels)
+    return out
+
+
+def test_the_head_curve_resumes_after_a_kill_from_the_points_it_has(setting, tmp_path, monkeypatch):
+    cfg, data = setting
+    features = {"ImageNet": fake_features(data), "random": fake_features(data, dims=8)}
+    whole = head_curve(features, cfg, data, tmp_path / "whole", [1, 2])
+    assert len(whole) == 2 * 2 * 3 and whole["test_acc"].between(0, 1).all()
+    calls, kill_at = [], [5]
+
+    def killed_after_five(train, test):
+        if len(calls) in kill_at:
+            raise KeyboardInterrupt  # a kill between two points
+        calls.append(1)
+        return linear_probe(train, test)
+
+    monkeypatch.setattr(why_transfer, "linear_probe", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        head_curve(features, cfg, data, tmp_path / "cut", [1, 2])
+    calls.clear(), kill_at.clear()
+    resumed = head_curve(features, cfg, data, tmp_path / "cut", [1, 2])
+    assert len(calls) == len(whole) - 5  # only the points not yet made
+    pd.testing.assert_frame_equal(resumed, whole)
+    saved = sorted((tmp_path / "cut" / data.source.name / "head-curve").glob("*.json"))
+    assert len(saved) == len(whole) and json.loads(saved[0].read_text())["split"]
+    calls.clear()
+    head_curve(features, cfg.replace(image_size=48), data, tmp_path / "cut", [1])  # other settings: made again
+    assert len(calls) == 2 * 3
+
+
+def test_the_recipe_curve_keeps_finished_runs_without_their_weights(setting, tmp_path, monkeypatch):
+    cfg, data = setting
+    trained = []
+    train = why_transfer.loop.train
+
+    def killed_after_three(cfg, data, init, name=None):
+        if len(trained) == 3:
+            raise KeyboardInterrupt
+        trained.append(name)
+        return train(cfg, data, init, name=name)
+
+    monkeypatch.setattr(why_transfer.loop, "train", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        recipe_curve(cfg, data, tmp_path, [1], repeats=2)
+    record = RunRecord(tmp_path, data.source.name, "plain", "transfer-1-per-class-0")
+    assert record.complete and not record.best.exists() and not record.last.exists()  # numbers kept, weights gone
+    monkeypatch.setattr(why_transfer.loop, "train", train)
+    curve = recipe_curve(cfg, data, tmp_path, [1], repeats=2)
+    assert len(curve) == 4 and set(curve["way"]) == {"recipe (layer4), transfer", "recipe, scratch"}
+    assert curve.loc[0, "test_acc"] == record.meta.test_acc  # the run finished before the kill: read back
+    batch = RunRecord(tmp_path, data.source.name, "plain", "scratch-1-per-class-1").meta.config["batch_size"]
+    assert batch == len(data.class_names)  # at most the subset: one image per class
+
+
+def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the_spread():
+    rows = [dict(way=way, per_class=k, repeat=r, test_acc=acc + 0.01 * r)
+            for way, accs in (("head on ImageNet features", {1: 0.6, 10: 0.9}), ("head on random features", {1: 0.2, 10: 0.88}))
+            for k, acc in accs.items() for r in range(3)]
+    words = describe_data_curve(pd.DataFrame(rows), random_weights=False)
+    assert words == ["Head on cached features: transfer's lead is largest at 1 image(s) per class (+40 points), "
+                     "smallest at 10 (+2); at 10 image(s) per class it is within the subsets' own spread."]
+    assert "chance and spread" in describe_data_curve(pd.DataFrame(rows), random_weights=True)[-1]
+
+
+def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suite):
+    text = "".join("".join(o.get("text", "")) for cell in executed_suite["08_why_transfer_works.ipynb"].cells
+                   for o in cell.get("outputs", []))
+    assert "identical features to the random init: the same network" in text  # random weights: one network twice
+    assert "this run cannot show what pretraining gives" in text
+    assert "these leads are chance and spread, not transfer" in text
