@@ -49,7 +49,7 @@ def test_forked_processes_draw_no_progress_widgets(seven):
     nb, _, kernel_log = seven
     assert "send message from fork" not in kernel_log
     forked = [c for c in nb.cells if c.cell_type == "code" and "_on_processes(" in c.source and "def " not in c.source]
-    assert len(forked) == 4  # plain, Ignite, Lightning, the recipe on all three
+    assert len(forked) == 6  # plain, Ignite, Lightning; then the recipe, one cell per engine
     outputs = [o for c in forked for o in c.outputs]
     widgets = [o["data"].get("text/plain", "") for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert not [w for w in widgets if "epoch" in w.lower()], widgets
