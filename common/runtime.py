@@ -176,6 +176,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def random_state_kept():
+    """Run the block, then put every random number generator that ``seed_everything`` seeds back as it was
+    (Python's, NumPy's, torch's on the CPU and on every GPU in use): what the block drew leaves no trace in what
+    comes after it. GPUs count only once CUDA has started, so that this never starts it (a notebook that started
+    CUDA can no longer fork)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries a run depends on (stored in every run record)."""
     from importlib.metadata import PackageNotFoundError, version

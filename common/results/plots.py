@@ -420,3 +420,23 @@ def plot_data_curve(curve: pd.DataFrame, caption: str = "", chance: float | None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return finish_figure(fig, "Test accuracy against the amount of training data (line: mean; dots: each subset)", caption)
+
+
+def plot_lr_sweep(sweep, lr: float, caption: str = "") -> plt.Figure:
+    """The engine notebooks' learning-rate finder: each step's loss (dots) and its smoothed curve against the head's
+    rate on a log axis, the suggestion marked, and ``lr`` (the configured rate) for reference. ``sweep``: an
+    ``LRSweep`` (common.train.loop)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    smooth, suggested = sweep.smoothed(), sweep.suggestion()
+    ax.scatter(sweep.rates, sweep.losses, s=10, color="#1f77b4", alpha=0.35, linewidths=0, label="loss of each step")
+    ax.plot(sweep.rates, smooth, color="#1f77b4", label="smoothed")
+    at = sweep.rates.index(suggested)
+    ax.scatter([suggested], [smooth[at]], s=60, color="#d62728", zorder=3, label=f"suggestion: {suggested:.1e}")
+    ax.axvline(suggested, color="#d62728", linewidth=1, linestyle="--")
+    ax.axvline(lr, color=BOUNDARY_COLOUR, linewidth=1, linestyle=":", label=f"configured lr: {lr:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate of the head (log axis)")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return finish_figure(fig, f"Learning-rate sweep: {len(sweep.rates)} steps, one batch each", caption)

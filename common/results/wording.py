@@ -224,3 +224,30 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
     if random_weights:
         lines.append("Offline both pairs compare two random starts, so these leads are chance and spread, not transfer.")
     return lines
+
+
+def describe_lr_sweep(sweep, recipe, found) -> list[str]:
+    """The engine notebooks' learning-rate finder: what the sweep (an ``LRSweep``) saw, its suggestion against the
+    configured rate, the run trained at it against the recipe's transfer run (both RunMeta), and what this run
+    cannot show."""
+    smooth, suggested, lr = sweep.smoothed(), sweep.suggestion(), recipe.config["lr"]
+    lowest = int(smooth.argmin())
+    lines = [f"The sweep: {len(sweep.rates)} steps from {sweep.rates[0]:.1e} to {sweep.rates[-1]:.1e}; the smoothed "
+             f"loss went from {smooth[0]:.3f} to its lowest, {smooth[lowest]:.3f}, at {sweep.rates[lowest]:.1e}"
+             + (", its last step: it was still falling, so the suggestion may be low." if lowest == len(smooth) - 1 else ".")]
+    ratio = suggested / lr
+    lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} the configured {lr:g}." if ratio >= 1
+                                                       else f"1/{_times(1 / ratio)} of the configured {lr:g}."))
+    images = sum(found.class_counts.get("test", {}).values()) or 1
+    gap = found.test_acc - recipe.test_acc
+    verdict = "about the same" if abs(gap) < 1.5 / images else "better" if gap > 0 else "worse"
+    lines.append(f"Trained at the suggested rate: test accuracy {found.test_acc:.1%} against {recipe.test_acc:.1%} at "
+                 f"{lr:g}, {found.epochs_run} epochs each ({images} test images, one is {1 / images:.1%}): {verdict} here.")
+    if 2 <= len(sweep.rates) < 30:
+        lines.append(f"The sweep took {len(sweep.rates)} steps (at most one epoch of this training set), so it is coarse: "
+                     f"each step raises the rate {_times(sweep.rates[-1] / sweep.rates[-2])}. With more data it takes 100.")
+    if found.random_transfer:
+        lines.append("Both runs started from RANDOM weights (no ImageNet weights here): the sweep read a random "
+                     "network's loss, so its suggestion says nothing about the rate the real recipe wants. With the "
+                     "ImageNet weights, the same cell finds it.")
+    return lines

@@ -151,3 +151,31 @@ def train_in_process(cfg, data, init, name=None, rank=None, world=1):
     attach_variations(trainer, evaluator, run, resumable)  # first, so that a new stage begins before the clock
     attach_handlers(trainer, evaluator, run, resumable)
     return fit(run, trainer, resumable, saved)
+
+
+import warnings
+
+from ignite.handlers import FastaiLRFinder
+
+from common.runtime import random_state_kept
+from common.train import loop  # notebook 01's LRSweep and sweep_rates
+
+
+def find_lr(run, criterion, start=1e-7, end=1.0, steps=100):
+    """Ignite's sweep of `steps` batches at most (one epoch), from the run's state, which it leaves as it was."""
+    rates = loop.sweep_rates(start, end, min(steps, len(run.loaders["train"])))
+    shares = [group["lr"] / run.optimizer.param_groups[0]["lr"] for group in run.optimizer.param_groups]
+    trainer, finder = make_trainer(run, criterion), FastaiLRFinder()
+    to_save = dict(model=run.model, optimizer=run.optimizer, scaler=run.scaler)
+    run.loaders["train"].sampler.set_epoch(0)
+    with random_state_kept(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Run completed without loss diverging")  # LRSweep cuts the curve instead
+        with finder.attach(trainer, to_save, output_transform=lambda output: criterion(*output), num_iter=len(rates) - 1,
+                           start_lr=[rates[0] * s for s in shares], end_lr=[end * s for s in shares],
+                           smooth_f=0.0, diverge_th=float("inf")) as sweeping:
+            @sweeping.on(Events.STARTED)  # after the finder's own handler, which sets a first rate of its own
+            def first_rate():
+                for group, share in zip(run.optimizer.param_groups, shares):
+                    group["lr"] = rates[0] * share
+            sweeping.run(run.loaders["train"], max_epochs=1)
+    return loop.LRSweep(rates, finder.get_results()["loss"]).until_diverged()

@@ -187,3 +187,39 @@ def make_variations_callbacks(run):
     if run.cfg.early_stopping:
         callbacks["early_stopping"] = EarlyStopping(monitor="val_acc", mode="max", patience=run.cfg.early_stopping)
     return callbacks
+
+
+from lightning.pytorch.tuner import Tuner
+
+from common.runtime import random_state_kept
+from common.train import loop  # notebook 01's LRSweep and sweep_rates
+
+
+class SweptClassifier(LitClassifier):
+    """The module during Lightning's sweep: each parameter group at this step's rate times its share of the head's
+    rate, and each step's loss noted."""
+
+    def __init__(self, model, cfg, num_classes, rates):
+        super().__init__(model, cfg, num_classes)
+        self.rates, self.losses = rates, []
+        self.shares = [group["lr"] / cfg.lr for group in make_optimizer(model, cfg).param_groups]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        for group, share in zip(self.trainer.optimizers[0].param_groups, self.shares):
+            group["lr"] = self.rates[batch_idx] * share
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def find_lr(run, start=1e-7, end=1.0, steps=100):
+    """Lightning's sweep of `steps` batches at most (one epoch), from the run's state, which it leaves as it was."""
+    rates = loop.sweep_rates(start, end, min(steps, len(run.loaders["train"])))
+    module = SweptClassifier(run.model, run.cfg, len(run.data.class_names), rates)
+    datamodule = VegetableData(run.data.datasets, run.cfg.batch_size, run.cfg.num_workers, run.cfg.seed,
+                               pin_memory=run.device.type == "cuda")
+    trainer = make_trainer(run, {}, default_root_dir=run.record.engine_dir)  # its checkpoint goes there, then goes
+    with random_state_kept():
+        Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=rates[0], max_lr=end, num_training=len(rates),
+                               early_stop_threshold=None, update_attr=False)
+    return loop.LRSweep(rates, module.losses).until_diverged()

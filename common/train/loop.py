@@ -106,3 +106,77 @@ def train(cfg, data, init, name=None):  # name
         return train_plain_on_processes(fit, cfg, data, init, name, world)
     run = start_run(cfg, data, engine="plain", init=init, name=name)  # every variation allowed
     return finish_run(run, fit(run), run.record.load_best())
+
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def sweep_rates(start, end, steps):
+    """`steps` rates, each the same factor above the one before, the last at `end` (the first one factor above `start`)."""
+    return [start * (end / start) ** (k / steps) for k in range(1, steps + 1)]
+
+
+@dataclass(frozen=True)
+class LRSweep:
+    """What a learning-rate sweep saw: the head's rate at each step, and that step's loss."""
+    rates: list
+    losses: list
+
+    def smoothed(self):
+        """A running average of the losses, divided by 1 - beta**step so that it does not start near 0 (fastai's, whose
+        0.98 per step of its sweep, 100 steps over 8 decades, is kept here per decade of rate whatever the steps)."""
+        decades_per_step = np.log10(self.rates[-1] / self.rates[0]) / max(1, len(self.rates) - 1)
+        beta, average, out = 0.98 ** (decades_per_step / 0.08), 0.0, []
+        for step, loss in enumerate(self.losses, 1):
+            average = beta * average + (1 - beta) * loss
+            out.append(average / (1 - beta ** step))
+        return np.array(out)
+
+    def until_diverged(self, factor=4.0):
+        """The sweep up to where the smoothed loss stops being finite or passes `factor` times its lowest so far."""
+        smooth = self.smoothed()
+        fine = np.isfinite(smooth) & (smooth <= factor * np.fmin.accumulate(smooth))
+        end = len(smooth) if fine.all() else int(fine.argmin())
+        return LRSweep(self.rates[:end], self.losses[:end])
+
+    def suggestion(self):
+        """The rate where the smoothed loss falls fastest per factor of rate, up to its lowest point."""
+        smooth = self.smoothed()
+        lowest = int(smooth.argmin())
+        first = min(max(1, len(smooth) // 10), lowest)  # the first steps' average rests on a loss or two
+        if lowest - first < 2:  # too few points before the lowest to speak of a slope
+            return self.rates[lowest]
+        slopes = np.gradient(smooth[first:lowest + 1], np.log(self.rates[first:lowest + 1]))
+        return self.rates[first + int(slopes.argmin())]
+
+
+import copy
+
+from common.runtime import random_state_kept
+
+
+def find_lr(run, criterion, start=1e-7, end=1.0, steps=100):
+    """Train one batch at each of `steps` rising rates (at most one epoch), noting each loss; leave the run as it was."""
+    kept = [run.model, run.optimizer, run.scheduler, run.scaler]
+    saved = [copy.deepcopy(thing.state_dict()) for thing in kept]
+    shares = [group["lr"] / run.optimizer.param_groups[0]["lr"] for group in run.optimizer.param_groups]
+    rates, losses = sweep_rates(start, end, min(steps, len(run.loaders["train"]))), []
+    run.loaders["train"].sampler.set_epoch(0)
+    run.net.train()
+    with random_state_kept():
+        for rate, (images, labels) in zip(rates, run.loaders["train"]):
+            for group, share in zip(run.optimizer.param_groups, shares):
+                group["lr"] = rate * share  # every group scaled alike: per-block rates keep their ratios
+            images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+            with run.autocast():
+                loss = criterion(run.net(images), labels)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            losses.append(loss.item())
+    for thing, state in zip(kept, saved):
+        thing.load_state_dict(state)
+    return LRSweep(rates, losses).until_diverged()
