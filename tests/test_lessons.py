@@ -87,7 +87,7 @@ def test_one_concept_table_after_the_three_engines():
     readme = _concept_table((ROOT / "README.md").read_text())
     rows = [line.split("|")[1].strip() for line in readme.splitlines()[2:]]
     assert rows == ["data", "device", "precision and scaler", "step", "evaluation", "metrics", "schedule",
-                    "gradient clipping", "two stages", "several devices", "checkpointing", "early stopping", "resume",
+                    "learning-rate finder", "gradient clipping", "two stages", "several devices", "checkpointing", "early stopping", "resume",
                     "progress bar", "logging", "timing"]
     for engine, name in ENGINE_NOTEBOOKS.items():
         cells = json.loads((NOTEBOOKS / name).read_text())["cells"]

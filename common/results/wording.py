@@ -236,8 +236,8 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
              f"loss went from {smooth[0]:.3f} to its lowest, {smooth[lowest]:.3f}, at {sweep.rates[lowest]:.1e}"
              + (", its last step: it was still falling, so the suggestion may be low." if lowest == len(smooth) - 1 else ".")]
     ratio = suggested / lr
-    lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} the configured {lr:g}." if ratio >= 1
-                                                       else f"1/{_times(1 / ratio)} of the configured {lr:g}."))
+    lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:g}." if ratio >= 1
+                                                       else f"{_times(1 / ratio)} below the configured {lr:g}."))
     images = sum(found.class_counts.get("test", {}).values()) or 1
     gap = found.test_acc - recipe.test_acc
     verdict = "about the same" if abs(gap) < 1.5 / images else "better" if gap > 0 else "worse"

@@ -189,6 +189,9 @@ def make_variations_callbacks(run):
     return callbacks
 
 
+import contextlib
+
+from IPython.utils.capture import capture_output
 from lightning.pytorch.tuner import Tuner
 
 from common.runtime import random_state_kept
@@ -219,7 +222,8 @@ def find_lr(run, start=1e-7, end=1.0, steps=100):
     datamodule = VegetableData(run.data.datasets, run.cfg.batch_size, run.cfg.num_workers, run.cfg.seed,
                                pin_memory=run.device.type == "cuda")
     trainer = make_trainer(run, {}, default_root_dir=run.record.engine_dir)  # its checkpoint goes there, then goes
-    with random_state_kept():
+    bar = contextlib.nullcontext() if run.show_progress else capture_output()  # the finder's own, which no setting turns off
+    with random_state_kept(), bar:
         Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=rates[0], max_lr=end, num_training=len(rates),
                                early_stop_threshold=None, update_attr=False)
     return loop.LRSweep(rates, module.losses).until_diverged()
