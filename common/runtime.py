@@ -208,7 +208,8 @@ def library_versions() -> dict[str, str]:
 def resolve_devices(devices: str | int, device: str = "auto") -> int:
     """How many processes a run trains on: ``devices`` is 1, a number, or ``auto`` (every visible GPU; 1 without
     one). Several processes are started by fork from the notebook, which only works on Linux, and only while
-    nothing in this kernel has touched CUDA yet: elsewhere the answer is 1, with a banner saying what to do.
+    nothing in this kernel has touched CUDA, nor, on a machine with a GPU, trained at all
+    (:func:`backward_survives_fork`): elsewhere the answer is 1, with a banner saying what to do.
     On the CPU (no GPU, or ``device="cpu"``) a number above 1 runs that many gloo processes (to learn and test
     the mechanics)."""
     if str(devices) != "auto" and int(devices) <= 1:
@@ -230,12 +231,27 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
              "after which forked processes cannot use it: training on ONE device.",
              "To use all GPUs, run the training as a script under torchrun (README, 'Several devices').")
         return 1
-    if gpus and torch.cuda.is_initialized():
-        loud(f"devices={devices!r}, but something already ran on the GPU in this kernel, and processes cannot be "
-             "forked from it: training on ONE device.",
-             "To use all GPUs, restart the kernel and set devices in the first configuration cell.")
+    if torch.cuda.is_initialized() or not backward_survives_fork():
+        loud(f"devices={devices!r}, but this kernel already trained or ran on a GPU machine's GPU, and processes forked "
+             "from it cannot train (not even on the CPU): training on ONE device.",
+             "Restart the kernel and set devices in the first configuration cell, before anything trains.")
         return 1
     return wanted
+
+
+def backward_survives_fork() -> bool:
+    """Whether a process forked from this one can run a backward pass, tried in a throwaway fork. Not once this
+    process ran a backward on a machine with a GPU, even on the CPU: autograd then starts a thread per GPU, and
+    torch refuses autograd in a fork of it (seen on an H200). On a machine without a GPU it always can."""
+    child = os.fork()
+    if child == 0:  # the throwaway process: one tiny backward, then out without any of the parent's clean-up
+        try:
+            torch.set_num_threads(1)  # the parent's OpenMP threads did not survive the fork (as_child_process)
+            torch.ones(1, requires_grad=True).sum().backward()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
 
 
 def quiet_lightning() -> None:

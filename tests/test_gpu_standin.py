@@ -105,6 +105,24 @@ def test_where_nvml_cannot_answer_one_device_is_used_loudly(gpu_machine, monkeyp
     assert runtime.resolve_devices("auto") == 1 and "NVML" in capsys.readouterr().out
 
 
+def test_after_training_on_a_gpu_machine_no_process_is_forked_not_even_on_the_cpu(monkeypatch, capsys):
+    """Seen on an H200: once the kernel ran a backward pass there (on the GPU or the CPU), a forked process's backward
+    fails ("Unable to handle autograd's threading in combination with fork-based multiprocessing"), CPU processes
+    included. The suite asks a throwaway fork first; here that fork's answer is faked, as no CPU machine gives it."""
+    monkeypatch.setattr(runtime, "backward_survives_fork", lambda: False)
+    assert runtime.resolve_devices(3, "cpu") == 1
+    assert "cannot train (not even on the CPU)" in capsys.readouterr().out
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: runtime.Gpus(("NVIDIA H200",), ((9, 0),)))
+    assert runtime.resolve_devices(3, "cpu") == 1
+
+
+def test_on_a_machine_without_gpus_a_fork_can_train_after_the_kernel_did():
+    torch.ones(1, requires_grad=True).sum().backward()  # the kernel trained
+    assert runtime.backward_survives_fork()
+
+
 def test_each_process_gets_its_own_gpu_and_cpu_processes_none(gpu_machine, tiny_base, tmp_path):
     set_devices = gpu_machine(T4, T4)
     cfg = tiny_config(tiny_base, tmp_path)
