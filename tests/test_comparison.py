@@ -206,3 +206,7 @@ def test_engine_agreement_is_a_sentence_when_exact_and_a_table_in_percent_when_n
     assert table.loc[("ignite", "scratch"), "validation loss, largest gap"] == "2.000 %"
     assert "learning rate, largest gap" not in table  # constant rates: nothing to compare
     assert not table.loc[("ignite", "scratch"), "agrees"]
+    assert "autotuned cuDNN" not in capsys.readouterr().out
+    _record(tmp_path, "ignite", "scratch", history.assign(val_loss=[1.0, 1.02]), p, 10, device="cuda:0")
+    C.engine_agreement(tmp_path, "toy", engines=("plain", "ignite"))
+    assert "autotuned cuDNN kernels (deterministic off)" in capsys.readouterr().out  # a GPU run says why it may differ
