@@ -2,6 +2,7 @@
 resume. The notebook itself runs in the executed suite (tests/test_lessons.py)."""
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -156,6 +157,19 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
     assert words == ["Head on cached features: transfer's lead is largest at 1 image(s) per class (+40 points), "
                      "smallest at 10 (+2); at 10 image(s) per class it is within the subsets' own spread."]
     assert "chance and spread" in describe_data_curve(pd.DataFrame(rows), random_weights=True)[-1]
+    trained_once = [dict(row, way=row["way"].replace("head on ImageNet features", "recipe (layer4), transfer")
+                         .replace("head on random features", "recipe, scratch")) for row in rows if row["per_class"] == 1]
+    assert describe_data_curve(pd.DataFrame(trained_once), random_weights=False)[0].startswith(
+        "Trained networks: transfer's lead is +40 points at 1 image(s) per class, the one size trained")
+
+
+def test_the_feature_maps_give_every_class_its_own_hue():
+    import matplotlib.colors as mcolors
+    from common.results.plots import plot_feature_maps
+    points = {"PCA": {"random init": np.random.default_rng(0).normal(size=(10, 2))}}
+    fig = plot_feature_maps(points, np.arange(10), [f"class {i}" for i in range(10)])
+    colours = {mcolors.to_hex(h.get_color()) for h in fig.legends[0].legend_handles}
+    assert len(colours) == 10 and colours == {mcolors.to_hex(c) for c in plt.get_cmap("tab10").colors}
 
 
 def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suite):

@@ -385,7 +385,9 @@ def plot_feature_maps(views: dict[str, dict[str, np.ndarray]], labels: np.ndarra
     each point an image coloured by its class (a qualitative colour map: the classes have no order)."""
     names = list(next(iter(views.values())))
     fig, axes = plt.subplots(len(views), len(names), figsize=(2.7 * len(names), 2.6 * len(views)), squeeze=False)
-    colours = plt.get_cmap("tab20")(np.arange(len(class_names)) % 20)
+    # tab20 pairs a dark and a light shade of each hue, which read as one colour in small dots: tab10 while it has enough.
+    palette = "tab10" if len(class_names) <= 10 else "tab20"
+    colours = plt.get_cmap(palette)(np.arange(len(class_names)) % plt.get_cmap(palette).N)
     for row, (view, points) in zip(axes, views.items()):
         for ax, name in zip(row, names):
             ax.scatter(points[name][:, 0], points[name][:, 1], c=colours[labels], s=9, linewidths=0)

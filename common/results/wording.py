@@ -184,8 +184,8 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
     per network, columns "linear probe" and "5 nearest neighbours"), and what this run can show."""
     probe = scores["linear probe"]
     best = probe.idxmax()
-    lines = [f"Chance is {chance:.0%}. The best linear probe reads {probe[best]:.0%} off the features of {best}; "
-             f"the lowest, {probe.min():.0%} ({probe.idxmin()})."]
+    lines = [f"Chance is {chance:.0%}. The best linear probe reads {probe[best]:.0%} off the features of the network "
+             f"'{best}'; the lowest, {probe.min():.0%} ('{probe.idxmin()}')."]
     if random_weights:
         lines.append("Without the ImageNet weights (offline), 'ImageNet' is a second random network"
                      + (", here the very same one: those two rows are equal" if same_network else "") + ". So this run "
@@ -212,7 +212,9 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
         lead = (means[transfer] - means[scratch]).dropna()
         spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
         top, low = lead.idxmax(), lead.idxmin()
-        if lead[top] - lead[low] < 0.005:
+        if len(lead) == 1:
+            text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at {top} image(s) per class, the one size trained"
+        elif lead[top] - lead[low] < 0.005:
             text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at every size"
         else:
             text = (f"{label.capitalize()}: transfer's lead is largest at {top} image(s) per class ({lead[top] * 100:+.0f} "
