@@ -164,5 +164,5 @@ def test_the_notebooks_train_at_one_suggestion_and_say_what_it_can_show(executed
         found = RunRecord(tiny_base / "runs", "demo", engine, "lr-found").check_complete()
         rates[engine] = found.meta.config["lr"]
         assert f"Suggested rate: {rates[engine]:.1e}" in text, name
-        assert (tiny_base / "runs" / "demo" / "figures" / f"lr_sweep_{engine}.png").is_file()
+        assert (found.figures / f"lr_sweep_{engine}.png").is_file()
     assert len(set(rates.values())) == 1, rates

@@ -175,6 +175,6 @@ def test_the_feature_maps_give_every_class_its_own_hue():
 def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suite):
     text = "".join("".join(o.get("text", "")) for cell in executed_suite["08_why_transfer_works.ipynb"].cells
                    for o in cell.get("outputs", []))
-    assert "identical features to the random init: the same network" in text  # random weights: one network twice
+    assert "the same weights as the random init: one network, its features computed once" in text  # random weights
     assert "this run cannot show what pretraining gives" in text
     assert "these leads are chance and spread, not transfer" in text

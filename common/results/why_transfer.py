@@ -22,17 +22,25 @@ def four_networks(cfg, data):
             "from scratch": trained["scratch"]}
 
 
+import torch
+
 from common.train.features import extract_features, without_augmentation
 
 
-def split_features(model, data, device):
-    """Each split's pooled features and labels, as NumPy arrays."""
+def split_features(model, data, device, splits=("train", "validation", "test")):
+    """The pooled features and labels of each of `splits`, as NumPy arrays."""
     model.to(device)
     out = {}
     for split, dataset in without_augmentation(data).items():
-        x, y = extract_features(model, dataset, device)
-        out[split] = (x.cpu().numpy(), y.cpu().numpy())
+        if split in splits:
+            x, y = extract_features(model, dataset, device)
+            out[split] = (x.cpu().numpy(), y.cpu().numpy())
     return out
+
+
+def same_weights(a, b):
+    """Whether two networks hold the very same parameters and buffers."""
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 from sklearn.linear_model import LogisticRegression
