@@ -436,6 +436,8 @@ def plot_lr_sweep(sweep, lr: float, caption: str = "") -> plt.Figure:
     ax.scatter([suggested], [smooth[at]], s=60, color="#d62728", zorder=3, label=f"suggestion: {suggested:.1e}")
     ax.axvline(suggested, color="#d62728", linewidth=1, linestyle="--")
     ax.axvline(lr, color=BOUNDARY_COLOUR, linewidth=1, linestyle=":", label=f"configured lr: {lr:g}")
+    low, high = min(np.min(sweep.losses), smooth.min()), smooth.max()
+    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-6)  # the last steps' losses may leave the top
     ax.set_xscale("log")
     ax.set_xlabel("learning rate of the head (log axis)")
     ax.set_ylabel("training loss")
