@@ -159,8 +159,12 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
     assert "chance and spread" in describe_data_curve(pd.DataFrame(rows), random_weights=True)[-1]
     trained_once = [dict(row, way=row["way"].replace("head on ImageNet features", "recipe (layer4), transfer")
                          .replace("head on random features", "recipe, scratch")) for row in rows if row["per_class"] == 1]
-    assert describe_data_curve(pd.DataFrame(trained_once), random_weights=False)[0].startswith(
-        "Trained networks: transfer's lead is +40 points at 1 image(s) per class, the one size trained")
+    assert describe_data_curve(pd.DataFrame(trained_once), random_weights=False)[0] == (
+        "Trained networks: transfer's lead is +40 points at 1 image(s) per class, the one size trained; larger than the "
+        "subsets' own spread.")
+    twins = [dict(row, way="head on random features") for row in rows if row["way"] == "head on ImageNet features"]
+    same = describe_data_curve(pd.DataFrame([r for r in rows if r["way"] == "head on ImageNet features"] + twins), random_weights=True)
+    assert same[0] == "Head on cached features: the same numbers at every size and subset: the same network twice."
 
 
 def test_the_feature_maps_give_every_class_its_own_hue():

@@ -212,6 +212,9 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
         lead = (means[transfer] - means[scratch]).dropna()
         spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
         top, low = lead.idxmax(), lead.idxmin()
+        if (means[transfer] == means[scratch]).all() and (ranges[transfer] == ranges[scratch]).all():
+            lines.append(f"{label.capitalize()}: the same numbers at every size and subset: the same network twice.")
+            continue
         if len(lead) == 1:
             text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at {top} image(s) per class, the one size trained"
         elif lead[top] - lead[low] < 0.005:
@@ -220,8 +223,11 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
             text = (f"{label.capitalize()}: transfer's lead is largest at {top} image(s) per class ({lead[top] * 100:+.0f} "
                     f"points), smallest at {low} ({lead[low] * 100:+.0f})")
         small = lead.abs() <= spread
-        text += (f"; at {_listed([str(k) for k in lead.index[small]])} image(s) per class it is within the subsets' own spread." if small.any()
-                 else "; everywhere larger than the subsets' own spread.")
+        if len(lead) == 1:
+            text += "; within the subsets' own spread." if small.any() else "; larger than the subsets' own spread."
+        else:
+            text += (f"; at {_listed([str(k) for k in lead.index[small]])} image(s) per class it is within the subsets' own spread."
+                     if small.any() else "; everywhere larger than the subsets' own spread.")
         lines.append(text)
     if random_weights:
         lines.append("Offline both pairs compare two random starts, so these leads are chance and spread, not transfer.")
@@ -234,9 +240,13 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
     cannot show."""
     smooth, suggested, lr = sweep.smoothed(), sweep.suggestion(), recipe.config["lr"]
     lowest = int(smooth.argmin())
-    lines = [f"The sweep: {len(sweep.rates)} steps from {sweep.rates[0]:.1e} to {sweep.rates[-1]:.1e}; the smoothed "
-             f"loss went from {smooth[0]:.3f} to its lowest, {smooth[lowest]:.3f}, at {sweep.rates[lowest]:.1e}"
+    lines = [f"The sweep: {len(sweep.rates)} steps kept, from {sweep.rates[0]:.1e} to {sweep.rates[-1]:.1e} (it stops at 1, "
+             f"or where the smoothed loss passes 4 times its lowest); the smoothed loss went from {smooth[0]:.3f} to its "
+             f"lowest, {smooth[lowest]:.3f}, at {sweep.rates[lowest]:.1e}"
              + (", its last step: it was still falling, so the suggestion may be low." if lowest == len(smooth) - 1 else ".")]
+    if smooth[lowest] > 0.95 * smooth[0]:
+        lines.append(f"That is a fall of only {1 - smooth[lowest] / smooth[0]:.0%} before the loss rose: the curve has no "
+                     "clear descent, so the suggestion is little more than noise.")
     ratio = suggested / lr
     lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:g}." if ratio >= 1
                                                        else f"{_times(1 / ratio)} below the configured {lr:g}."))

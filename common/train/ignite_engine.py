@@ -165,11 +165,12 @@ def find_lr(run, criterion, start=1e-7, end=1.0, steps=100):
     """Ignite's sweep of `steps` batches at most (one epoch), from the run's state, which it leaves as it was."""
     rates = loop.sweep_rates(start, end, min(steps, len(run.loaders["train"])))
     shares = [group["lr"] / run.optimizer.param_groups[0]["lr"] for group in run.optimizer.param_groups]
-    trainer, finder = make_trainer(run, criterion), FastaiLRFinder()
+    trainer, finder = make_trainer(run, criterion), FastaiLRFinder()  # lists of rates per group: pytorch/ignite#2703
     to_save = dict(model=run.model, optimizer=run.optimizer, scaler=run.scaler)
     run.loaders["train"].sampler.set_epoch(0)
     with random_state_kept(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Run completed without loss diverging")  # LRSweep cuts the curve instead
+        # Ignite runs num_iter + 1 iterations: the first, then num_iter more, each after a step of its schedule.
         with finder.attach(trainer, to_save, output_transform=lambda output: criterion(*output), num_iter=len(rates) - 1,
                            start_lr=[rates[0] * s for s in shares], end_lr=[end * s for s in shares],
                            smooth_f=0.0, diverge_th=float("inf")) as sweeping:

@@ -221,7 +221,7 @@ def find_lr(run, start=1e-7, end=1.0, steps=100):
     module = SweptClassifier(run.model, run.cfg, len(run.data.class_names), rates)
     datamodule = VegetableData(run.data.datasets, run.cfg.batch_size, run.cfg.num_workers, run.cfg.seed,
                                pin_memory=run.device.type == "cuda")
-    trainer = make_trainer(run, {}, default_root_dir=run.record.engine_dir)  # its checkpoint goes there, then goes
+    trainer = make_trainer(run, {}, default_root_dir=run.record.engine_dir)  # its temporary checkpoint: written, deleted
     bar = contextlib.nullcontext() if run.show_progress else capture_output()  # the finder's own, which no setting turns off
     with random_state_kept(), bar:
         Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=rates[0], max_lr=end, num_training=len(rates),

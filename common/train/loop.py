@@ -125,9 +125,10 @@ class LRSweep:
     losses: list
 
     def smoothed(self):
-        """A running average of the losses, divided by 1 - beta**step so that it does not start near 0 (fastai's, whose
-        0.98 per step of its sweep, 100 steps over 8 decades, is kept here per decade of rate whatever the steps)."""
+        """A running average of the losses, divided by 1 - beta**step so that it does not start near 0 (fastai's)."""
         decades_per_step = np.log10(self.rates[-1] / self.rates[0]) / max(1, len(self.rates) - 1)
+        # How fast it forgets is tied to the rate, not the step count: fastai's 0.98 per step of its sweep (100 steps
+        # over 8 decades, 0.08 decades a step), whatever the number of steps.
         beta, average, out = 0.98 ** (decades_per_step / 0.08), 0.0, []
         for step, loss in enumerate(self.losses, 1):
             average = beta * average + (1 - beta) * loss
