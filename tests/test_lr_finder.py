@@ -25,8 +25,9 @@ LOSS_GAP = 1e-5
 
 
 def tiny_cfg(base, **changes):
-    return load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
-                       batch_size=8, epochs=2, progress=False, data_dir=base / "data", runs_dir=base / "finder", **changes)
+    settings = dict(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=12,
+                    batch_size=8, epochs=2, progress=False, data_dir=base / "data", runs_dir=base / "finder")
+    return load_config(**{**settings, **changes})
 
 
 def sweep_with(engine: str, run):
@@ -166,3 +167,11 @@ def test_the_notebooks_train_at_one_suggestion_and_say_what_it_can_show(executed
         assert f"Suggested rate: {rates[engine]:.1e}" in text, name
         assert (found.figures / f"lr_sweep_{engine}.png").is_file()
     assert len(set(rates.values())) == 1, rates
+
+
+def test_lightning_sweeps_alike_with_its_own_progress_bar_on(finder_data):
+    """In Jupyter (progress on) Lightning's finder draws its bar; the sweep is the same as with the bar kept out."""
+    base, data = finder_data
+    sweeps = [lightning_engine.find_lr(start_run(tiny_cfg(base, progress=progress), data, engine="lightning",
+                                                 init="transfer", name="lr-sweep")) for progress in (False, True)]
+    assert sweeps[0] == sweeps[1]
