@@ -164,7 +164,7 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
         "subsets' own spread.")
     twins = [dict(row, way="head on random features") for row in rows if row["way"] == "head on ImageNet features"]
     same = describe_data_curve(pd.DataFrame([r for r in rows if r["way"] == "head on ImageNet features"] + twins), random_weights=True)
-    assert same[0] == "Head on cached features: the same numbers at every size and subset: the same network twice."
+    assert same[0] == "Head on cached features: the two rows are equal at every size and subset: offline they are one network."
 
 
 def test_the_feature_maps_give_every_class_its_own_hue():

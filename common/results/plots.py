@@ -435,7 +435,7 @@ def plot_lr_sweep(sweep, lr: float, caption: str = "") -> plt.Figure:
     at = sweep.rates.index(suggested)
     ax.scatter([suggested], [smooth[at]], s=60, color="#d62728", zorder=3, label=f"suggestion: {suggested:.1e}")
     ax.axvline(suggested, color="#d62728", linewidth=1, linestyle="--")
-    ax.axvline(lr, color=BOUNDARY_COLOUR, linewidth=1, linestyle=":", label=f"configured lr: {lr:g}")
+    ax.axvline(lr, color=BOUNDARY_COLOUR, linewidth=1, linestyle=":", label=f"configured lr: {lr:.1e}")
     low, high = min(np.min(sweep.losses), smooth.min()), smooth.max()
     ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-6)  # the last steps' losses may leave the top
     ax.set_xscale("log")

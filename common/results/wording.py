@@ -191,6 +191,9 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
                      + (", here the very same one: those two rows are equal" if same_network else "") + ". So this run "
                      "cannot show what pretraining gives: only what a random network's features and two short trainings "
                      "do. With the real weights (README, 'Platforms') the ImageNet row is the one to look at.")
+        if "fine-tuned" in probe and probe["fine-tuned"] < probe["random init"]:
+            lines.append("'fine-tuned' below 'random init' is no paradox here: offline it trained only layer4 and the head "
+                         "on top of random frozen blocks, while 'from scratch' trained every layer.")
     else:
         gain = probe["ImageNet"] - probe["random init"]
         lines.append(f"The ImageNet features, before any training on these images, give a probe {gain * 100:+.0f} points "
@@ -213,7 +216,7 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
         spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
         top, low = lead.idxmax(), lead.idxmin()
         if (means[transfer] == means[scratch]).all() and (ranges[transfer] == ranges[scratch]).all():
-            lines.append(f"{label.capitalize()}: the same numbers at every size and subset: the same network twice.")
+            lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: offline they are one network.")
             continue
         if len(lead) == 1:
             text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at {top} image(s) per class, the one size trained"
@@ -248,18 +251,18 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
         lines.append(f"That is a fall of only {1 - smooth[lowest] / smooth[0]:.0%} before the loss rose: the curve has no "
                      "clear descent, so the suggestion is little more than noise.")
     ratio = suggested / lr
-    lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:g}." if ratio >= 1
-                                                       else f"{_times(1 / ratio)} below the configured {lr:g}."))
+    lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:.1e}." if ratio >= 1
+                                                       else f"{_times(1 / ratio)} below the configured {lr:.1e}."))
     images = sum(found.class_counts.get("test", {}).values()) or 1
     gap = found.test_acc - recipe.test_acc
     verdict = "about the same" if abs(gap) < 1.5 / images else "better" if gap > 0 else "worse"
     lines.append(f"Trained at the suggested rate: test accuracy {found.test_acc:.1%} against {recipe.test_acc:.1%} at "
-                 f"{lr:g}, {found.epochs_run} epochs each ({images} test images, one is {1 / images:.1%}): {verdict} here.")
+                 f"{lr:.1e}, {found.epochs_run} epochs each ({images} test images, one is {1 / images:.1%}): {verdict} here.")
     if 2 <= len(sweep.rates) < 30:
         lines.append(f"The sweep took {len(sweep.rates)} steps (at most one epoch of this training set), so it is coarse: "
                      f"each step raises the rate {_times(sweep.rates[-1] / sweep.rates[-2])}. With more data it takes 100.")
     if found.random_transfer:
         lines.append("Both runs started from RANDOM weights (no ImageNet weights here): the sweep read a random "
-                     "network's loss, so its suggestion says nothing about the rate the real recipe wants. With the "
-                     "ImageNet weights, the same cell finds it.")
+                     "network's loss, so its suggestion says nothing about the rate the real recipe wants, and one run "
+                     "each is no evidence that it trains better. With the ImageNet weights, the same cell finds it.")
     return lines
