@@ -232,8 +232,8 @@ def resolve_devices(devices: str | int, device: str = "auto") -> int:
              "To use all GPUs, run the training as a script under torchrun (README, 'Several devices').")
         return 1
     if torch.cuda.is_initialized() or not backward_survives_fork():
-        loud(f"devices={devices!r}, but this kernel already trained or ran on a GPU machine's GPU, and processes forked "
-             "from it cannot train (not even on the CPU): training on ONE device.",
+        loud(f"devices={devices!r}, but this kernel already used the GPU, or trained on a machine that has one, and "
+             "processes forked from it cannot train (not even on the CPU): training on ONE device.",
              "Restart the kernel and set devices in the first configuration cell, before anything trains.")
         return 1
     return wanted
