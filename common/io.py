@@ -81,3 +81,18 @@ def read_csv_as_text(path: Path, numeric: tuple[str, ...] = ()) -> "pd.DataFrame
     for column in (c for c in df.columns if numeric and c.endswith(numeric)):
         df[column] = pd.to_numeric(df[column])
     return df
+
+
+def read_or_make(path: Path, key: dict, make) -> dict:
+    """The JSON record at ``path`` when it was made with ``key``; else ``key`` updated with ``make()``, saved
+    atomically before it is returned. A run cut short keeps every record it finished, and a rerun with other
+    settings (another ``key``) makes them again."""
+    import json
+
+    path = Path(path)
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if {name: saved.get(name) for name in key} == key:
+        return saved
+    record = {**key, **make()}
+    write_text_atomic(path, json.dumps(record))
+    return record

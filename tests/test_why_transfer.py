@@ -176,6 +176,32 @@ def test_the_feature_maps_give_every_class_its_own_hue():
     assert len(colours) == 10 and colours == {mcolors.to_hex(c) for c in plt.get_cmap("tab10").colors}
 
 
+def test_the_data_curve_draws_identical_ways_once_and_a_way_trained_at_one_size_as_a_marker_with_its_range():
+    from common.results.plots import identical_ways, plot_data_curve
+    head = [dict(way="head on ImageNet features", per_class=k, repeat=r, test_acc=0.2 * k + 0.01 * r)
+            for k in (1, 2, 5) for r in range(3)]
+    twins = [dict(row, way="head on random features") for row in head]
+    trained = [dict(way=way, per_class=1, repeat=r, test_acc=acc + 0.05 * r)
+               for way, acc in (("recipe (layer4), transfer", 0.4), ("recipe, scratch", 0.3)) for r in range(3)]
+    curve = pd.DataFrame(head + twins + trained)
+    assert [ways for ways, _ in identical_ways(curve)] == [
+        ["head on ImageNet features", "head on random features"], ["recipe (layer4), transfer"], ["recipe, scratch"]]
+    apart = pd.DataFrame(head + [dict(row, test_acc=row["test_acc"] / 2) for row in twins])
+    assert len(identical_ways(apart)) == 2
+
+    ax = plot_data_curve(curve, chance=0.1).axes[0]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[0] == "head on ImageNet features\n= head on random features\n(identical: drawn once)"
+    assert len(ax.get_lines()) >= 1 and "head on random features" not in labels
+    bars = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    assert len(bars) == 2  # transfer and scratch: one marker each, with a bar from the lowest subset to the highest
+    xs = [bar.lines[0].get_xdata()[0] for bar in bars]
+    assert xs[0] < 1 < xs[1]  # side by side around their size, not on top of each other
+    lows, highs = zip(*[(seg[0][1], seg[1][1]) for bar in bars for seg in bar.lines[2][0].get_segments()])
+    assert np.allclose(lows, [0.4, 0.3]) and np.allclose(highs, [0.5, 0.4])
+    plt.close("all")
+
+
 def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suite):
     text = "".join("".join(o.get("text", "")) for cell in executed_suite["08_why_transfer_works.ipynb"].cells
                    for o in cell.get("outputs", []))

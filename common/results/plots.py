@@ -399,29 +399,54 @@ def plot_feature_maps(views: dict[str, dict[str, np.ndarray]], labels: np.ndarra
     return finish_figure(fig, "Validation images in each network's feature space, coloured by class", caption)
 
 
-def plot_data_curve(curve: pd.DataFrame, caption: str = "", chance: float | None = None) -> plt.Figure:
-    """Notebook 08: test accuracy against training images per class (log axis), one line per way of training
-    (``curve``: rows of way, per_class, repeat, test_acc): the mean over the repeats, and each repeat as a dot."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    styles = {"head on ImageNet features": ("#1f77b4", "-"), "head on random features": ("#ff7f0e", "-"),
-              "recipe (layer4), transfer": ("#1f77b4", "--"), "recipe, scratch": ("#ff7f0e", "--")}
+def identical_ways(curve: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
+    """The ways of ``curve`` grouped when their points are identical (offline, the head on ImageNet features and on
+    random features are one network): each group's ways and its rows."""
+    groups: list[tuple[list[str], pd.DataFrame]] = []
     for way, part in curve.groupby("way", sort=False):
-        colour, line = styles.get(way, ("#333333", "-"))
-        mean = part.groupby("per_class")["test_acc"].mean()
-        ax.plot(mean.index, mean.values, color=colour, linestyle=line, marker="o", markersize=4, label=way)
-        ax.scatter(part["per_class"], part["test_acc"], color=colour, s=10, alpha=0.4, linewidths=0)
+        points = part[["per_class", "repeat", "test_acc"]].reset_index(drop=True)
+        twin = next((ways for ways, rows in groups if rows[["per_class", "repeat", "test_acc"]].equals(points)), None)
+        if twin is None:
+            groups.append(([way], part.reset_index(drop=True)))
+        else:
+            twin.append(way)
+    return groups
+
+
+def plot_data_curve(curve: pd.DataFrame, caption: str = "", chance: float | None = None) -> plt.Figure:
+    """Notebook 08: test accuracy against training images per class (log axis), per way of training (``curve``: rows
+    of way, per_class, repeat, test_acc): the mean over the subsets as a line and their range as a band; a way
+    trained at one size only is a large marker with its range as a bar. Ways with identical points are drawn once."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    styles = {"head on ImageNet features": ("#1f77b4", "-", "o"), "head on random features": ("#ff7f0e", "-", "o"),
+              "recipe (layer4), transfer": ("#2ca02c", "--", "s"), "recipe, scratch": ("#d62728", "--", "D")}
+    groups = identical_ways(curve)
+    alone = [ways[0] for ways, part in groups if part["per_class"].nunique() == 1]
+    for ways, part in groups:
+        colour, line, marker = styles.get(ways[0], ("#333333", "-", "o"))
+        label = ways[0] if len(ways) == 1 else "\n= ".join(ways) + "\n(identical: drawn once)"
+        stats = part.groupby("per_class")["test_acc"].agg(["mean", "min", "max"])
+        if ways[0] in alone:  # side by side around its size, so that two such ways do not hide each other
+            shift = 1.2 ** (alone.index(ways[0]) - (len(alone) - 1) / 2)
+            ax.errorbar(stats.index * shift, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                        color=colour, fmt=marker, markersize=8, capsize=4, label=label, zorder=3)
+        else:
+            ax.plot(stats.index, stats["mean"], color=colour, linestyle=line, marker=marker, markersize=4, label=label)
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
     if chance is not None:
         ax.axhline(chance, color="grey", linewidth=1, linestyle=":", label=f"chance ({chance:.2f})")
     ax.set_xscale("log")
     sizes = sorted(curve["per_class"].unique())
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
+    ax.set_xlim(sizes[0] / 1.3, sizes[-1] * 1.3)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("training images per class")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return finish_figure(fig, "Test accuracy against the amount of training data (line: mean; dots: each subset)", caption)
+    return finish_figure(fig, "Test accuracy against the amount of training data (mean, and range over the subsets)",
+                         caption)
 
 
 def plot_lr_sweep(sweep, lr: float, caption: str = "") -> plt.Figure:

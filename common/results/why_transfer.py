@@ -63,12 +63,11 @@ def knn_accuracy(train, test, k=5):
 
 import contextlib
 import io
-import json
 
 import pandas as pd
 
 from common.data.datasets import train_subset
-from common.io import write_text_atomic
+from common.io import read_or_make
 from common.train import loop
 
 LADDER = (1, 2, 5, 10, 20, 50)  # training images per class
@@ -82,21 +81,20 @@ def ladder_sizes(data):
 
 def head_curve(features, cfg, data, folder, sizes, repeats=REPEATS):
     """Test accuracy of the linear probe on each feature set's cached features, per size and subset."""
-    position, folder = {path: i for i, path in enumerate(data.datasets["train"].paths)}, folder / data.source.name
+    folder = folder / data.source.name
+    position = {path: i for i, path in enumerate(data.datasets["train"].paths)}  # a training image's row of features
     rows = []
-    for name, (x, y) in ((name, f["train"]) for name, f in features.items()):
+    for name, f in features.items():
+        x, y = f["train"]
         for k in sizes:
             for repeat in range(repeats):
                 subset = train_subset(data, k, repeat, folder / "subsets", cfg.seed)
+                picked = [position[path] for path in subset.datasets["train"].paths]
                 point = dict(way=f"head on {name} features", per_class=k, repeat=repeat, split=subset.fingerprint,
                              image_size=cfg.image_size, weights=cfg.weights)
-                saved = folder / "head-curve" / f"{name}-{k}-per-class-{repeat}.json"
-                done = json.loads(saved.read_text()) if saved.is_file() else {}
-                if {key: done.get(key) for key in point} != point:  # not made yet, or with other settings
-                    rows_of_subset = [position[path] for path in subset.datasets["train"].paths]
-                    done = dict(point, test_acc=linear_probe((x[rows_of_subset], y[rows_of_subset]), features[name]["test"]))
-                    write_text_atomic(saved, json.dumps(done))
-                rows.append(done)
+                # read back when saved with these settings, else fitted and saved: a rerun resumes
+                rows.append(read_or_make(folder / "head-curve" / f"{name}-{k}-per-class-{repeat}.json", point,
+                                         lambda: dict(test_acc=linear_probe((x[picked], y[picked]), f["test"]))))
     return pd.DataFrame(rows)
 
 
