@@ -171,6 +171,10 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
     both = " ".join(Wd.what_the_runs_show({**runs, **same}))  # two engines that agree are described once
     assert both.count("predicts 'a'") == 1 and "plain, ignite / transfer: predicts 'a'" in both
     assert "plain, ignite: transfer 50.0% vs scratch 100.0%" in both
+    short = Wd.what_the_runs_show_in_short(same)  # 02 and 03, after 01 has said it all
+    assert short == ["ignite: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each: scratch did better here.",
+                     "The 'transfer' runs started from RANDOM weights, so this says nothing about transfer learning "
+                     "(notebook 01 explains why)."]
 
 
 def test_rows_that_engines_share_are_shown_once():
@@ -190,6 +194,18 @@ def test_the_variations_run_is_compared_with_the_recipe_in_words():
     assert "about the same here" in line and "one is 5.0%" in line and "RANDOM weights" in line
     real = variations_against_recipe(make_meta(test_acc=0.5, class_counts=counts), make_meta(test_acc=0.7, class_counts=counts))
     assert "better here" in real and "RANDOM" not in real and "2 epochs each" in real
+
+    import pandas as pd
+    two_stages = [dict(number=1, first_epoch=1, epochs=1, trainable="head", lr=1e-3),
+                  dict(number=2, first_epoch=2, epochs=1, trainable="layer4", lr=1e-4)]
+    random_stages = make_meta(test_acc=0.52, class_counts=counts, weights_source="random", stages=two_stages)
+    huge = variations_against_recipe(recipe, random_stages, pd.DataFrame({"stage": [1, 2], "train_loss": [14.6, 1.6]}))
+    assert "Its first epoch's training loss, 14.6, is far above a uniform guess's ln(3) = 1.1" in huge
+    assert "BatchNorm normalises them again and the loss drops" in huge
+    calm = variations_against_recipe(recipe, random_stages, pd.DataFrame({"stage": [1, 2], "train_loss": [1.2, 1.0]}))
+    assert "first epoch's training loss" not in calm  # nothing to explain
+    pretrained = make_meta(test_acc=0.52, class_counts=counts, stages=two_stages)
+    assert "first epoch" not in variations_against_recipe(recipe, pretrained, pd.DataFrame({"stage": [1], "train_loss": [9.0]}))
 
 
 def test_engine_agreement_is_a_sentence_when_exact_and_a_table_in_percent_when_not(tmp_path, capsys):

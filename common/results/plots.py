@@ -150,6 +150,8 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
         same = len({tuple(h["lr"].round(12)) for h in histories.values()}) == 1 and len(histories) > 1
         axes[2].set(title="Learning rate, epoch start" + (" (lines overlap)" if same else ""), xlabel="epoch",
                     ylabel="learning rate (head)")
+        if all((h["lr"] > 0).all() for h in histories.values()):
+            axes[2].set(yscale="log", ylabel="learning rate (head, log scale)")  # rates a decade apart both show
     losses = pd.concat([h[["train_loss", "val_loss"]] for h in histories.values()]).to_numpy()
     if losses.size and np.nanmin(losses) > 0 and np.nanmax(losses) > 10 * np.nanmin(losses):
         ax_loss.set_yscale("log")  # losses far apart (a random frozen trunk's first epochs): keep the small ones readable

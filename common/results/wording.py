@@ -1,6 +1,8 @@
 """Sentences generated from run records: what the runs can and cannot show, in words a learner reads."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -88,6 +90,16 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     return lines + which_did_better(records)
 
 
+def what_the_runs_show_in_short(records: dict[tuple[str, str], RunRecord]) -> list[str]:
+    """Notebooks 02 and 03, after 01 has said it in full: which did better, and a line when the 'transfer' runs had
+    no pretrained weights."""
+    lines = which_did_better(records)
+    if any(record.meta.random_transfer for record in records.values()):
+        lines.append("The 'transfer' runs started from RANDOM weights, so this says nothing about transfer learning "
+                     "(notebook 01 explains why).")
+    return lines
+
+
 def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     """Transfer against scratch on test accuracy, per engine (engines with the same numbers together)."""
     lines = []
@@ -103,9 +115,10 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     return lines
 
 
-def variations_against_recipe(recipe, variations) -> str:
+def variations_against_recipe(recipe, variations, history=None) -> str:
     """What an engine notebook's `variations` run shows beside the recipe's transfer run (both RunMeta): their test
-    accuracies, how much one test image is, and what random weights leave unshown."""
+    accuracies, how much one test image is, and what random weights leave unshown; with the variations' ``history``
+    (rows with stage and train_loss), why a head-alone first stage on random weights starts at a huge loss."""
     images = sum(variations.class_counts.get("test", {}).values()) or 1
     gap = variations.test_acc - recipe.test_acc
     verdict = ("about the same" if abs(gap) < 1.5 / images
@@ -117,7 +130,23 @@ def variations_against_recipe(recipe, variations) -> str:
     if variations.random_transfer:
         line += (" Both started from RANDOM weights, so the head-first stage protected no pretrained features: this "
                  "run shows the variations at work, not what they gain with ImageNet weights.")
+        line += _huge_first_loss(variations, history)
     return line
+
+
+def _huge_first_loss(meta, history) -> str:
+    """Why a head-alone first stage on random frozen blocks starts far above a guess's loss, when it does."""
+    if history is None or not meta.stages or meta.stages[0]["trainable"] != "head":
+        return ""
+    first, guess = float(history["train_loss"].iloc[0]), math.log(len(meta.class_names))
+    if first < 2 * guess:
+        return ""
+    return (f" Its first epoch's training loss, {first:.1f}, is far above a uniform guess's ln({len(meta.class_names)})"
+            f" = {guess:.1f}: in the head-alone stage every block is frozen, and frozen random blocks do not normalise"
+            " (their BatchNorm statistics are still the initial mean 0 and variance 1), so the head starts on"
+            " features many times too large."
+            + (" Once layer4 trains, its BatchNorm normalises them again and the loss drops."
+               if float(history["train_loss"].iloc[-1]) < first / 2 else ""))
 
 
 def _listed(items) -> str:
@@ -265,4 +294,21 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
         lines.append("Both runs started from RANDOM weights (no ImageNet weights here): the sweep read a random "
                      "network's loss, so its suggestion says nothing about the rate the real recipe wants, and one run "
                      "each is no evidence that it trains better. With the ImageNet weights, the same cell finds it.")
+    return lines
+
+
+def describe_tta(table: pd.DataFrame) -> list[str]:
+    """Notebook 06's flip test-time augmentation, per run (rows of ``table``: test images, predictions changed,
+    change (points)): how many answers the mirror changed, and whether the change is more than one test image."""
+    lines = []
+    for init, row in table.iterrows():
+        images, changed, points = int(row["test images"]), int(row["predictions changed"]), float(row["change (points)"])
+        if changed == 0:
+            lines.append(f"{init}: the mirrored images changed none of the {images} answers, so accuracy cannot move.")
+            continue
+        one = 100 / images
+        verdict = (f"within one test image ({one:.1f} points): no measurable effect" if abs(points) <= one + 1e-9
+                   else "it helped here" if points > 0 else "it hurt here")
+        lines.append(f"{init}: the mirrored images changed {changed} of the {images} answers; accuracy {points:+.1f} "
+                     f"points, {verdict}.")
     return lines
