@@ -12,6 +12,7 @@ missing=$("$PY" - <<'PY'
 import importlib.util
 need = {"torch": None, "torchvision": None, "ignite": "pytorch-ignite>=0.5", "lightning": "lightning>=2.2",
         "kaggle": "kaggle>=1.6", "sklearn": "scikit-learn>=1.3", "seaborn": "seaborn>=0.13",
+        "adjustText": "adjustText>=1.0",
         "pandas": "pandas>=2.0", "tqdm": "tqdm>=4.65", "psutil": "psutil>=5.9", "captum": "captum>=0.8",
         "onnx": "onnx>=1.17", "onnxscript": "onnxscript>=0.3", "onnxruntime": "onnxruntime>=1.20"}
 absent = [spec for module, spec in need.items() if importlib.util.find_spec(module) is None]

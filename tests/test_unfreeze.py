@@ -178,3 +178,23 @@ def test_records_say_what_trained():
     again = RunMeta.from_json(meta.to_json(), source=None)
     assert again.trainable == "layer3" and again.block_lrs["layer3"] == 1e-5 and again.schedule == "onecycle"
     assert make_meta(trainable="head", weights_source="random").random_transfer
+
+
+def test_the_tradeoff_figure_names_every_run_without_two_names_overlapping():
+    """05's scatter, with runs bunched as an offline run bunches them (same accuracy, close costs)."""
+    import pandas as pd
+    from common.results.plots import plot_mode_tradeoffs
+    table = pd.DataFrame({"trainable_parameters": [1.2e4, 1.2e4, 1.5e7, 2.2e7, 2.35e7, 2.35e7, 2.35e7],
+                          "median_epoch_seconds": [0.03, 8, 11, 15, 21, 20, 20.5],
+                          "test_acc": [0.18, 0.167, 0.167, 0.42, 0.61, 0.19, 0.61]},
+                         index=["head-cached", "head", "layer4", "layer3", "all", "two-stage", "scratch"])
+    fig = plot_mode_tradeoffs(table, chance=1 / 6)
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        names = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+        assert set(names) == set(table.index)
+        boxes = list(names.items())
+        overlaps = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+        assert not overlaps, overlaps
+    import matplotlib.pyplot as plt
+    plt.close(fig)

@@ -285,27 +285,16 @@ def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | 
     return finish_figure(fig, "How much to unfreeze: accuracy and cost per run", caption)
 
 
-def label_points(ax, points: dict[str, tuple[float, float]], near: float = 36.0) -> None:
-    """Name each point of a scatter. Points closer than ``near`` pixels to a neighbour form a group whose names are
-    stacked above it, each joined to its point by a thin line, so that bunched points stay legible."""
-    ax.figure.canvas.draw()  # the final limits and scales, so that pixel distances are the ones drawn
-    pixels = {name: ax.transData.transform(xy) for name, xy in points.items()}
-    groups: list[list[str]] = []
-    for name in sorted(pixels, key=lambda n: tuple(pixels[n])):
-        if groups and min(np.hypot(*(pixels[name] - pixels[other])) for other in groups[-1]) < near:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    for group in groups:
-        top = max(pixels[name][1] for name in group)
-        left = min(pixels[name][0] for name in group)
-        for k, name in enumerate(sorted(group, key=lambda n: pixels[n][0])):
-            if len(group) == 1:
-                ax.annotate(name, points[name], xytext=(6, 5), textcoords="offset points", fontsize=8)
-                continue
-            text_at = ax.transData.inverted().transform((left, top + 18 + 11 * (len(group) - 1 - k)))
-            ax.annotate(name, points[name], xytext=text_at, textcoords="data", fontsize=8, ha="right",
-                        arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0, shrinkB=3))
+def label_points(ax, points: dict[str, tuple[float, float]]) -> None:
+    """Name each point of a scatter; adjustText moves names off each other and off the points, and joins a moved
+    name to its point by a thin line, so that bunched points stay legible."""
+    from adjustText import adjust_text
+
+    ax.figure.canvas.draw()  # the final limits and scales, which adjustText works in
+    texts = [ax.text(x, y, name, fontsize=8) for name, (x, y) in points.items()]
+    xs, ys = zip(*points.values())
+    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.3, 1.6), force_text=(0.3, 0.6),
+                arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5))
 
 
 def plot_memory(memory: pd.DataFrame, caption: str = "") -> plt.Figure:
