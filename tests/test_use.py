@@ -123,6 +123,17 @@ def test_flip_tta_averages_the_image_and_its_mirror(transfer):
     assert abs(probs(tta)[0] - (probs(plain)[0] + probs(flipped)[0]) / 2) < 0.02  # up to JPEG/crop rounding
 
 
+def test_the_tta_sentences_say_how_many_answers_the_mirror_changed_and_whether_that_is_more_than_one_image():
+    from common.results.wording import describe_tta
+    table = pd.DataFrame({"test images": [72, 72, 50], "predictions changed": [0, 3, 4], "change (points)": [0.0, 100 / 72, -6.0]},
+                         index=["transfer", "scratch", "other"])
+    assert describe_tta(table) == [
+        "transfer: the mirrored images changed none of the 72 answers, so accuracy cannot move.",
+        "scratch: the mirrored images changed 3 of the 72 answers; accuracy +1.4 points, within one test image "
+        "(1.4 points): no measurable effect.",
+        "other: the mirrored images changed 4 of the 50 answers; accuracy -6.0 points, it hurt here."]
+
+
 def test_upload_callback_classifies_uploads_without_a_browser(transfer, tmp_path):
     model, info = transfer
     shown = []

@@ -318,15 +318,19 @@ def plot_reliability(diagrams: dict[str, dict[str, pd.DataFrame]], caption: str 
     fig, axes = plt.subplots(1, len(diagrams), figsize=(3.6 * len(diagrams), 3.6), squeeze=False, sharey=True)
     for ax, (init, tables) in zip(axes[0], sorted(diagrams.items(), key=lambda item: INITS.index(item[0]))):
         ax.plot([0, 1], [0, 1], color=BOUNDARY_COLOUR, lw=1, ls=":", label="as sure as right")
-        for when, table in tables.items():
-            faint = when == "before"
-            ax.plot(table["confidence"], table["accuracy"], color=INIT_COLOURS.get(init, "#444444"), alpha=0.35 if faint else 1,
-                    lw=1, marker="o", label=f"{when} temperature scaling")
-            ax.scatter(table["confidence"], table["accuracy"], s=8 + 200 * table["images"] / table["images"].sum(),
-                       color=INIT_COLOURS.get(init, "#444444"), alpha=0.35 if faint else 1)
+        colour = INIT_COLOURS.get(init, "#444444")
+        for when, table in tables.items():  # points, not lines: bins are separate groups of images
+            hollow = when == "before"
+            ax.scatter(table["confidence"], table["accuracy"], s=12 + 250 * table["images"] / table["images"].sum(),
+                       facecolors="none" if hollow else colour, edgecolors=colour, linewidths=1.2, clip_on=False,
+                       zorder=3, label=f"{when} temperature scaling")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean top probability in the bin)", title=init)
         ax.set_aspect("equal")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        legend = ax.legend(fontsize=7, loc="upper left", title="marker area: images in the bin", title_fontsize=7)
+        for handle in legend.legend_handles:
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([40])  # one size in the legend: there it names the style, not a bin
     axes[0][0].set_ylabel("accuracy in the bin")
     return finish_figure(fig, "Reliability on the test split: below the diagonal means overconfident", caption)
 
