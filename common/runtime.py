@@ -1,6 +1,7 @@
 """Where the code runs: platform, device, precision, memory layout, workers, seeding, library versions, and the loud banner."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import platform
@@ -281,6 +282,31 @@ def as_child_process() -> None:
         import ctypes
         import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    sys.stdout = WholeLines(sys.stdout)
+
+
+class WholeLines(io.TextIOBase):
+    """A forked process's ``sys.stdout`` that hands on whole lines. Jupyter's output stream sends each write of a
+    forked process as its own output at once, and ``print`` writes its text and its newline apart: without this,
+    a saved notebook shows an empty output after every line a process prints. (io.TextIOWrapper's line buffering
+    needs a binary stream, which Jupyter's is not.)"""
+
+    def __init__(self, stream):
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            lines, _, self.pending = self.pending.rpartition("\n")
+            self.stream.write(lines + "\n")
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending)
+            self.pending = ""
+        self.stream.flush()
 
 
 @contextmanager

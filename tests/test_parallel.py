@@ -55,6 +55,31 @@ def test_forked_processes_draw_no_progress_widgets(seven):
     assert not [w for w in widgets if "epoch" in w.lower()], widgets
     for cell in forked:  # rank 0 still says how each epoch went
         assert "two-processes epoch 2:" in "".join(o.get("text", "") for o in cell.outputs), cell.source
+    blank = [o for o in outputs if o.get("output_type") == "stream" and not o.get("text", "").strip()]
+    assert not blank, f"{len(blank)} empty outputs: a process's print reached the notebook as text, then newline"
+
+
+def test_a_forked_process_hands_on_whole_lines():
+    from common.runtime import WholeLines
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    out = WholeLines(recorder)
+    print("epoch 1: loss 2.0", file=out)
+    print("two", "parts", file=out)
+    out.write("no newline yet")
+    assert recorder.writes == ["epoch 1: loss 2.0\n", "two parts\n"]
+    out.flush()
+    assert recorder.writes[-1] == "no newline yet"
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_NOTEBOOKS))
