@@ -48,3 +48,24 @@ def test_channels_last_changes_layout_not_results():
         model.to(memory_format=torch.channels_last)
         assert model.trunk[0].weight.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_finished_ignite_run_leaves_no_loader_workers_for_the_garbage_collector(tmp_path):
+    """Ignite's engines keep their loader iterators in reference cycles; left to the garbage collector, each
+    persistent worker's shutdown waited out a 5 s timeout. finish_run ends them itself."""
+    import gc
+
+    import psutil
+    from common.train.ignite_engine import train_in_process
+    cfg = load_config(budget="smoke", dataset="demo", weights="random", image_size=32, demo_images_per_class=6,
+                      epochs=1, num_workers=1, progress=False, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
+    gc.collect()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    gc.disable()  # what the collector would end later must already be ended
+    try:
+        train_in_process(cfg, prepare_data(cfg), "transfer")
+        workers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+                   and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        gc.enable()
+    assert not workers, workers

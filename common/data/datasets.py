@@ -318,3 +318,17 @@ def make_loaders(datasets: dict[str, Dataset], batch_size: int, num_workers: int
             ds, batch_size=size, sampler=sampler, drop_last=is_train and len(ds) > batch_size, num_workers=num_workers,
             persistent_workers=num_workers > 0, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     return out
+
+
+def stop_workers(loaders: dict[str, DataLoader]) -> None:
+    """End the loaders' persistent worker processes now, when their run ends. Ignite's engines hold their loader
+    iterators in reference cycles, so without this the garbage collector ends the workers later, and a shutdown run
+    from inside a collection waits out torch's 5 s join timeout per worker (measured: 15 s per Ignite run, against
+    0.05 s when called directly). torch has no public call for it: ``_shutdown_workers`` is what the iterator's own
+    ``__del__`` calls, and a second call does nothing."""
+    for loader in loaders.values():
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
+

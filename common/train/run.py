@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from common.config import Config
-from common.data.datasets import DataBundle, cache_decoded_images, make_loaders
+from common.data.datasets import DataBundle, cache_decoded_images, make_loaders, stop_workers
 from common.results.evaluation import accuracy, predict, topk_accuracy
 from common.model.resnet import build_model, parameter_summary, resolve_mode, trainable_blocks, trainable_parameters
 from common.model.weights import WeightsInfo, load_backbone
@@ -336,4 +336,5 @@ def finish_run(run: TrainingRun, history: list[EpochRow], best_state: dict, extr
         steps_per_epoch=len(run.loaders["train"]), world=run.world, extra=dict(extra or {}))
     record.write_meta(meta)
     record.drop_resume_state()  # last, so that a kill before this line still finds the run to finish
+    stop_workers(run.loaders)
     return meta
