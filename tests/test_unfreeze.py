@@ -178,23 +178,33 @@ def test_records_say_what_trained():
     again = RunMeta.from_json(meta.to_json(), source=None)
     assert again.trainable == "layer3" and again.block_lrs["layer3"] == 1e-5 and again.schedule == "onecycle"
     assert make_meta(trainable="head", weights_source="random").random_transfer
+    from common.results.compare import trains
+    assert trains(meta) == "layer3, layer4, head"  # every block that trained, not only where the boundary is
+    assert trains(make_meta(init="scratch")) == "everything, from random weights"
+    two_stages = [dict(number=1, first_epoch=1, epochs=1, trainable="head", lr=1e-3),
+                  dict(number=2, first_epoch=2, epochs=2, trainable="all", lr=5e-4)]
+    assert trains(make_meta(trainable="all", stages=two_stages)) == "head, then everything"
 
 
-def test_the_tradeoff_figure_names_every_run_without_two_names_overlapping():
-    """05's scatter, with runs bunched as an offline run bunches them (same accuracy, close costs)."""
+def test_the_tradeoff_figure_names_every_run_without_a_name_on_another_name_or_another_runs_point():
+    """05's scatter, with runs bunched as an offline run bunches them (same accuracy, close or equal costs)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
     import pandas as pd
     from common.results.plots import plot_mode_tradeoffs
-    table = pd.DataFrame({"trainable_parameters": [1.2e4, 1.2e4, 1.5e7, 2.2e7, 2.35e7, 2.35e7, 2.35e7],
-                          "median_epoch_seconds": [0.03, 8, 11, 15, 21, 20, 20.5],
-                          "test_acc": [0.18, 0.167, 0.167, 0.42, 0.61, 0.19, 0.61]},
+    table = pd.DataFrame({"trainable_parameters": [12294, 12294, 14977030, 22075398, 23520326, 23520326, 23520326],
+                          "median_epoch_seconds": [0.024, 11.7, 10.2, 13.6, 20.6, 18.1, 19.0],
+                          "test_acc": [0.181, 0.167, 0.167, 0.417, 0.611, 0.194, 0.611]},
                          index=["head-cached", "head", "layer4", "layer3", "all", "two-stage", "scratch"])
     fig = plot_mode_tradeoffs(table, chance=1 / 6)
     renderer = fig.canvas.get_renderer()
-    for ax in fig.axes[:2]:
-        names = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
-        assert set(names) == set(table.index)
-        boxes = list(names.items())
-        overlaps = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
-        assert not overlaps, overlaps
-    import matplotlib.pyplot as plt
+    for ax, column in zip(fig.axes[:2], ("trainable_parameters", "median_epoch_seconds")):
+        labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+        assert sorted(n for label in labels for n in label.split(", ")) == sorted(table.index)  # each run named once
+        boxes = list(labels.items())
+        assert not [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+        points = dict(zip(table.index, ax.transData.transform(np.c_[table[column], table["test_acc"]])))
+        on_others = [(label, run) for label, box in labels.items() for run, (x, y) in points.items()
+                     if run not in label.split(", ") and box.x0 - 4 < x < box.x1 + 4 and box.y0 - 4 < y < box.y1 + 4]
+        assert not on_others, on_others
     plt.close(fig)

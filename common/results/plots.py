@@ -118,7 +118,8 @@ def plot_trainable(summary: dict[str, int], caption: str = "") -> plt.Figure:
     ax.barh(names, trainable, color=TRAINABLE_COLOUR, label="trainable")
     ax.barh(names, frozen, left=trainable, color=FROZEN_COLOUR, label="frozen")
     for i, (t, f) in enumerate(zip(trainable, frozen)):
-        label = "no parameters" if t + f == 0 else f"{t:.2f} M trainable" + (f", {f:.2f} M frozen" if f else "")
+        parts = [f"{count:.2f} M {kind}" for count, kind in ((t, "trainable"), (f, "frozen")) if count > 0]
+        label = ", ".join(parts) or "no parameters"
         ax.text(t + f, i, "  " + label, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("parameters (millions)")
@@ -285,16 +286,22 @@ def plot_mode_tradeoffs(table: pd.DataFrame, caption: str = "", chance: float | 
     return finish_figure(fig, "How much to unfreeze: accuracy and cost per run", caption)
 
 
-def label_points(ax, points: dict[str, tuple[float, float]]) -> None:
-    """Name each point of a scatter; adjustText moves names off each other and off the points, and joins a moved
-    name to its point by a thin line, so that bunched points stay legible."""
+def label_points(ax, points: dict[str, tuple[float, float]], together: float = 12.0) -> None:
+    """Name each point of a scatter. Points closer than ``together`` pixels share one label ("all, scratch");
+    adjustText then moves the labels off each other and off the points, joining a moved label to its point by a
+    thin line, so that bunched points stay legible."""
     from adjustText import adjust_text
 
-    ax.figure.canvas.draw()  # the final limits and scales, which adjustText works in
-    texts = [ax.text(x, y, name, fontsize=8) for name, (x, y) in points.items()]
+    ax.figure.canvas.draw()  # the final limits and scales: distances in pixels are the ones drawn
+    pixels = {name: ax.transData.transform(xy) for name, xy in points.items()}
+    groups: list[list[str]] = []
+    for name in points:
+        group = next((g for g in groups if np.hypot(*(pixels[name] - pixels[g[0]])) < together), None)
+        group.append(name) if group else groups.append([name])
+    texts = [ax.text(*points[group[0]], ", ".join(group), fontsize=8) for group in groups]
     xs, ys = zip(*points.values())
-    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.3, 1.6), force_text=(0.3, 0.6),
-                arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5))
+    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.5, 2.2), force_text=(0.6, 1.2),
+                force_static=(0.6, 1.2), force_pull=(0.002, 0.002), arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5))
 
 
 def plot_memory(memory: pd.DataFrame, caption: str = "") -> plt.Figure:
@@ -457,7 +464,12 @@ def plot_lr_sweep(sweep, lr: float, caption: str = "") -> plt.Figure:
     ax.axvline(suggested, color="#d62728", linewidth=1, linestyle="--")
     ax.axvline(lr, color=BOUNDARY_COLOUR, linewidth=1, linestyle=":", label=f"configured lr: {lr:.1e}")
     low, high = min(np.min(sweep.losses), smooth.min()), smooth.max()
-    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-6)  # the last steps' losses may leave the top
+    top = high + 0.1 * (high - low) + 1e-6
+    ax.set_ylim(low - 0.05 * (high - low), top)  # the smoothed curve decides: the last steps' losses may leave the top
+    above = int(np.sum(~(np.asarray(sweep.losses) <= top)))  # above the axis, or not finite
+    if above:
+        ax.annotate("1 step's loss is off the top" if above == 1 else f"{above} steps' losses are off the top", xy=(1, 1), xycoords="axes fraction", xytext=(-4, -4),
+                    textcoords="offset points", ha="right", va="top", fontsize=8, color="#555555")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate of the head (log axis)")
     ax.set_ylabel("training loss")
