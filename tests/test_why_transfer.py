@@ -167,6 +167,21 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
     assert same[0] == "Head on cached features: the two rows are equal at every size and subset: offline they are one network."
 
 
+def test_the_feature_score_words_say_what_random_weights_show_and_why_standardised_random_features_score():
+    from common.results.wording import describe_feature_scores
+    scores = pd.DataFrame({"linear probe": [0.49, 0.49, 0.46, 0.75], "5 nearest neighbours": [0.36, 0.36, 0.36, 0.72]},
+                          index=["random init", "ImageNet", "fine-tuned", "from scratch"])
+    words = describe_feature_scores(scores, chance=1 / 6, random_weights=True, same_network=True)
+    assert words[0] == "Chance is 17%. The best linear probe reads 75% off the features of the network 'from scratch'; the lowest, 46% ('fine-tuned')."
+    assert "here the very same one: those two rows are equal" in words[1] and "cannot show what pretraining gives" in words[1]
+    assert "no paradox" in words[2]
+    assert words[3].startswith("The random features score 49% here") and "standardises each feature first" in words[3]
+    near_chance = scores.assign(**{"linear probe": [0.2, 0.2, 0.3, 0.75]})
+    assert not any("random features score" in w for w in describe_feature_scores(near_chance, 1 / 6, True, True))
+    real = describe_feature_scores(scores.assign(**{"linear probe": [0.3, 0.9, 0.95, 0.6]}), 1 / 6, False, False)
+    assert real[1] == "The ImageNet features, before any training on these images, give a probe +60 points against random ones: what pretraining brings before fine-tuning starts."
+
+
 def test_the_feature_maps_give_every_class_its_own_hue():
     import matplotlib.colors as mcolors
     from common.results.plots import plot_feature_maps

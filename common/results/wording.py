@@ -84,9 +84,13 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
                      f"and only {adapts} can adapt. This run cannot show what transfer learning gains.")
         collapsed = {label: (cls, round(share, 2)) for label, (cls, share) in random.items() if share > 0.5}
         for (cls, share), runs in _grouped(collapsed).items():
-            lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images: with random, "
-                         "frozen features most images look alike to the head, so it falls back on one class. "
-                         "That is the lesson in reverse: what transfers is the features.")
+            lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images. Random frozen "
+                         "blocks do not normalise what they compute (their BatchNorm statistics are still the initial "
+                         "mean 0 and variance 1), so the features they hand on are many times larger than a trained "
+                         "network's; what trains on top of them is evaluated with running statistics that lag behind "
+                         "those large values (the BatchNorm trap of notebook 00), and falls back on one class. The "
+                         "features are not empty: notebook 08 standardises them and measures what a linear probe reads "
+                         "off them. What transfers is a trained network's features, in their trained scale.")
     return lines + which_did_better(records)
 
 
@@ -223,6 +227,11 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
         if "fine-tuned" in probe and probe["fine-tuned"] < probe["random init"]:
             lines.append("'fine-tuned' below 'random init' is no paradox here: offline it trained only layer4 and the head "
                          "on top of random frozen blocks, while 'from scratch' trained every layer.")
+        if probe["random init"] > 2 * chance:
+            lines.append(f"The random features score {probe['random init']:.0%} here, yet notebook 01's 'transfer' runs "
+                         "built on them can fall back on one class: the probe standardises each feature first, and the "
+                         "network does not. Unnormalised, a random network's features are many times too large for "
+                         "what trains on top of them.")
     else:
         gain = probe["ImageNet"] - probe["random init"]
         lines.append(f"The ImageNet features, before any training on these images, give a probe {gain * 100:+.0f} points "
