@@ -128,6 +128,7 @@ def test_the_history_figure_shows_the_schedule_where_there_is_one_and_chance():
     fig = P.plot_history({("plain", "transfer"): constant, ("plain", "variations"): scheduled}, caption="c", chance=1 / 6)
     loss, acc, lr = fig.axes
     assert lr.get_title().startswith("Learning rate") and list(lr.lines[1].get_ydata()) == [1e-3, 5e-4]
+    assert lr.get_yscale() == "log"  # rates a decade apart both readable
     assert any(list(line.get_ydata()) == [1 / 6, 1 / 6] for line in acc.lines)  # the chance line
     assert "chance (0.17)" in [t.get_text() for t in acc.get_legend().get_texts()]
 
@@ -143,6 +144,9 @@ def test_trainable_figure_is_linear_and_shows_what_is_frozen():
     bars = {(p.get_y(), p.get_facecolor()[:3]) for p in ax.patches if p.get_width() > 0}
     grey = tuple(np.round(matplotlib.colors.to_rgb(P.FROZEN_COLOUR), 3))
     assert any(tuple(np.round(c, 3)) == grey for _, c in bars)  # the frozen trunk is drawn, not hidden as "1"
+    labels = [t.get_text().strip() for t in ax.texts]
+    assert not [label for label in labels if "0.00 M" in label]  # a frozen block is "frozen", not "0.00 M trainable"
+    assert any(label.endswith("M trainable") for label in labels) and any(label.endswith("M frozen") for label in labels)
 
 
 def test_the_report_keeps_support_as_counts():
@@ -219,7 +223,9 @@ def test_engine_agreement_is_a_sentence_when_exact_and_a_table_in_percent_when_n
     _record(tmp_path, "ignite", "scratch", history.assign(val_loss=[1.0, 1.02]), p, 10)
     table = C.engine_agreement(tmp_path, "toy", engines=("plain", "ignite"))
     assert list(table.index) == [("ignite", "transfer"), ("ignite", "scratch")]  # the suite's order
-    assert table.loc[("ignite", "scratch"), "validation loss, largest gap"] == "2.000 %"
+    assert table.loc[("ignite", "scratch"), "validation loss, largest gap"] == "2 %"
+    from common.results.compare import gap_in_percent
+    assert [gap_in_percent(g) for g in (0, 5e-6, 1.23456e-4, 0.24440, 12.3)] == ["0 %", "< 0.001 %", "0.0123 %", "24.4 %", "1230 %"]
     assert "learning rate, largest gap" not in table  # constant rates: nothing to compare
     assert not table.loc[("ignite", "scratch"), "agrees"]
     assert "autotuned cuDNN" not in capsys.readouterr().out

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.model.resnet import trainable_blocks
 from common.results.records import ENGINES, INITS, RunRecord, find_records
 
 COMPARED = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
@@ -70,10 +71,11 @@ def engine_agreement(runs_dir: Path, dataset: str, engines=ENGINES, names=INITS)
 
 
 def gap_in_percent(gap: float) -> str:
-    """A relative gap as people read it: '0 %' when equal, '< 0.001 %' when below that, else three decimals."""
+    """A relative gap as people read it: '0 %' when equal, '< 0.001 %' when below that, else three significant
+    digits ('2 %', '24.4 %', '0.0123 %'): the gaps are measured on a few epochs, more digits would be noise."""
     if gap == 0:
         return "0 %"
-    return "< 0.001 %" if gap < 1e-5 else f"{100 * gap:.3f} %"
+    return "< 0.001 %" if gap < 1e-5 else f"{100 * gap:.3g} %" if gap < 10 else f"{100 * gap:.0f} %"
 
 
 def assert_engines_agree(histories: dict[tuple[str, str], pd.DataFrame], tolerance: float = TOLERANCE) -> pd.DataFrame:
@@ -98,10 +100,14 @@ def time_to_target(history: pd.DataFrame, target: float) -> float | None:
 
 
 def trains(meta) -> str:
-    """What a run trained, from its record: its mode, or each stage's ("head then layer3")."""
+    """What a run trained, from its record, block by block ("layer3, layer4, head"); each stage's for a run of
+    several ("head, then everything")."""
+    def blocks(mode):
+        return "everything" if mode in ("all", "scratch") else ", ".join(trainable_blocks(mode))
+
     if len(meta.stages) > 1:
-        return " then ".join(s["trainable"] for s in meta.stages)
-    return "all, from random weights" if meta.trainable == "scratch" else meta.trainable
+        return ", then ".join(blocks(s["trainable"]) for s in meta.stages)
+    return "everything, from random weights" if meta.trainable == "scratch" else blocks(meta.trainable)
 
 
 def summary_table(records: dict[tuple[str, str], RunRecord]) -> pd.DataFrame:
