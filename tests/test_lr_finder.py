@@ -81,6 +81,17 @@ def finder_data(tmp_path_factory):
     return base, prepare_data(tiny_cfg(base))
 
 
+def test_the_sweep_figure_says_when_steps_leave_the_top():
+    import matplotlib.pyplot as plt
+    from common.results.plots import plot_lr_sweep
+    rates = loop.sweep_rates(1e-7, 1, 9)
+    texts = lambda losses: [t.get_text() for t in plot_lr_sweep(loop.LRSweep(rates, losses), 1e-3).axes[0].texts]
+    assert texts([2.0, 1.99, 1.98, 1.9, 1.7, 1.6, 1.9, 9.0, 30.0]) == ["1 step's loss is off the top"]
+    assert texts([2.0, 1.99, 1.98, 1.9, 1.7, 1.6, 1.9, 90.0, 200.0]) == ["2 steps' losses are off the top"]
+    assert texts([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2]) == []
+    plt.close("all")
+
+
 def test_the_three_engines_sweep_alike_with_every_block_at_its_share(finder_data):
     """The same batches from the same state: the same rates, the same losses, the same suggestion; with per-block
     rates every step scales each group alike (ratios kept)."""

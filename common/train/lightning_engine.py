@@ -117,8 +117,7 @@ from common.io import load_state
 from common.runtime import quiet_lightning
 from common.train.resume import read_resume_point
 
-quiet_lightning()  # Lightning's tips, and four warnings that do not apply here (eval-mode trunk, few
-                   # loader workers, a checkpoint folder in use, a torch deprecation in Lightning itself)
+quiet_lightning()  # Lightning's tips, and warnings that do not apply here (listed where it is defined)
 
 
 def make_trainer(run, callbacks, **changes):
