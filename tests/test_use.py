@@ -246,6 +246,24 @@ def test_gradcam_runs_on_the_frozen_transfer_model(transfer):
 # ---------------------------------------------------------------- box mass
 
 
+def test_the_gradcam_grid_keeps_its_title_within_the_figure_and_its_colour_bar_under_the_grid():
+    import matplotlib.pyplot as plt
+    from common.use.explain import plot_gradcam
+    n = 4
+    titles = {"input": ["true: tomato"] * n, "transfer": ["tomato 100% right"] * n, "scratch": ["pumpkin 97% wrong"] * n}
+    fig = plot_gradcam(np.random.default_rng(0).random((n, 32, 32, 3)), {k: torch.rand(n, 32, 32) for k in ("transfer", "scratch")},
+                       titles, [(4, 4, 20, 20)] * n, caption="dataset: demo",
+                       title="Grad-CAM at layer4, plain: right predictions of the transfer model, then wrong ones")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert fig._suptitle.get_window_extent(renderer).width <= fig.bbox.width  # no title past the edges
+    bar = fig.axes[-1]
+    grid_bottom = min(ax.get_position().y0 for ax in fig.axes[:-1])
+    assert bar.get_position().y1 < grid_bottom and bar.get_position().width < 0.5  # under the grid, not a tall side bar
+    assert all(ax.title.get_fontsize() >= 8 for ax in fig.axes[:-1])
+    plt.close(fig)
+
+
 def test_box_mass_on_hand_made_heatmaps():
     box = (2, 4, 6, 8)  # 4 x 4 of a 10 x 10 map: 16 % of the area
     inside = np.zeros((10, 10))

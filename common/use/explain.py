@@ -111,22 +111,24 @@ def plot_gradcam(images: np.ndarray, columns: dict[str, torch.Tensor], titles: d
     from common.results.plots import finish_figure
 
     n, cols = len(images), 1 + len(columns)
-    fig, axes = plt.subplots(n, cols, figsize=(cols * size, n * (size + 0.35)), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(cols * size, n * (size + 0.3) + 0.9), squeeze=False)
     for i, img in enumerate(images):
         axes[i][0].imshow(img)
-        axes[i][0].set_title(titles["input"][i] if "input" in titles else "input", fontsize=7)
+        axes[i][0].set_title(titles["input"][i] if "input" in titles else "input", fontsize=8)
         for j, (name, maps) in enumerate(columns.items(), start=1):
             axes[i][j].imshow(img)
             heat = axes[i][j].imshow(maps[i].numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
-            axes[i][j].set_title(f"{name}: {titles[name][i]}", fontsize=7)
+            axes[i][j].set_title(f"{name}: {titles[name][i]}", fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
             if boxes:
                 x0, y0, x1, y1 = boxes[i]
                 ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="white", lw=1))
-    finish_figure(fig, title + (" (white box: where the object was drawn)" if boxes else ""), caption)
-    fig.subplots_adjust(wspace=0.04, hspace=0.3)
-    fig.colorbar(heat, ax=axes, shrink=0.3, fraction=0.03, pad=0.02, label="evidence for the predicted class (0 to 1)")
+    # The title in lines no wider than the grid; the colour bar under it, as wide as one column or two.
+    finish_figure(fig, title.replace(": ", ":\n", 1) + ("\n(white box: where the object was drawn)" if boxes else ""), caption)
+    fig.subplots_adjust(wspace=0.04, hspace=0.22, bottom=0.07)
+    bar = fig.add_axes((0.3, 0.035, 0.4, 0.012))
+    fig.colorbar(heat, cax=bar, orientation="horizontal", label="evidence for the predicted class (0 to 1)")
     return fig
 
 
