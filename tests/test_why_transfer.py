@@ -214,6 +214,8 @@ def test_the_data_curve_draws_identical_ways_once_and_a_way_trained_at_one_size_
     assert xs[0] < 1 < xs[1]  # side by side around their size, not on top of each other
     lows, highs = zip(*[(seg[0][1], seg[1][1]) for bar in bars for seg in bar.lines[2][0].get_segments()])
     assert np.allclose(lows, [0.4, 0.3]) and np.allclose(highs, [0.5, 0.4])
+    equal = [dict(row, test_acc=0.1) for row in trained]  # three equal subsets: their mean is 0.1 plus a rounding step
+    plot_data_curve(pd.DataFrame(head + equal))
     plt.close("all")
 
 

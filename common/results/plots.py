@@ -430,8 +430,10 @@ def plot_data_curve(curve: pd.DataFrame, caption: str = "", chance: float | None
         stats = part.groupby("per_class")["test_acc"].agg(["mean", "min", "max"])
         if ways[0] in alone:  # side by side around its size, so that two such ways do not hide each other
             shift = 1.2 ** (alone.index(ways[0]) - (len(alone) - 1) / 2)
-            ax.errorbar(stats.index * shift, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                        color=colour, fmt=marker, markersize=8, capsize=4, label=label, zorder=3)
+            spread = [(stats["mean"] - stats["min"]).clip(lower=0), (stats["max"] - stats["mean"]).clip(lower=0)]  # equal
+            # subsets: the mean of three equal floats can land a rounding step outside them
+            ax.errorbar(stats.index * shift, stats["mean"], yerr=spread, color=colour, fmt=marker, markersize=8, capsize=4,
+                        label=label, zorder=3)
         else:
             ax.plot(stats.index, stats["mean"], color=colour, linestyle=line, marker=marker, markersize=4, label=label)
             ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
