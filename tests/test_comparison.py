@@ -129,6 +129,9 @@ def test_the_history_figure_shows_the_schedule_where_there_is_one_and_chance():
     loss, acc, lr = fig.axes
     assert lr.get_title().startswith("Learning rate") and list(lr.lines[1].get_ydata()) == [1e-3, 5e-4]
     assert lr.get_yscale() == "log"  # rates a decade apart both readable
+    same = {(e, "transfer"): constant for e in ("plain", "ignite", "lightning")}  # engines that agree: one curve
+    sizes = [(line.get_marker(), line.get_markersize(), line.get_markerfacecolor()) for line in P.plot_history(same).axes[0].lines[::2]]
+    assert sizes[0][1] > sizes[1][1] > sizes[2][1] and sizes[0][2] == sizes[1][2] == "none"  # nested: each one shows
     assert any(list(line.get_ydata()) == [1 / 6, 1 / 6] for line in acc.lines)  # the chance line
     assert "chance (0.17)" in [t.get_text() for t in acc.get_legend().get_texts()]
 
