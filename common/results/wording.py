@@ -170,7 +170,7 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     lines = data_caveats(metas)
     if any(m.random_transfer for m in metas):
         lines.append("Every mode but scratch started from RANDOM weights (no ImageNet weights were used): a frozen "
-                     "random block computes features that mean nothing, so which mode learns best is NOT shown by "
+                     "random block computes features nobody trained, so which mode learns best is NOT shown by "
                      "this run; what each costs (parameters, memory, seconds per epoch) is, because cost does not "
                      "depend on the weights.")
     if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records):
@@ -185,7 +185,8 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
         lines.append(f"{', '.join(huge)}: training losses far above chance level's {chance_loss:.2f} (ln of the number of "
                      "classes): frozen random blocks, whose BatchNorm layers hold default statistics, pass on features "
                      "of a very large scale, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
-                     "statistics learned on ImageNet, which keep their features at an ordinary scale).")
+                     "statistics learned on ImageNet, which keep their features at an ordinary scale). Notebook 08's probe "
+                     "standardises each feature first, which is why it can read more off the same kind of features.")
     for name, record in records.items():
         meta = record.meta
         if len(meta.stages) > 1 and meta.best_epoch is not None and meta.best_epoch < meta.stages[1]["first_epoch"]:
