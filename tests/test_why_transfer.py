@@ -219,6 +219,19 @@ def test_the_data_curve_draws_identical_ways_once_and_a_way_trained_at_one_size_
     plt.close("all")
 
 
+def test_a_feature_map_frames_its_bulk_and_says_how_many_outliers_it_leaves_out():
+    from common.results.plots import plot_feature_maps
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(size=(102, 2))
+    spiky = np.vstack([bulk[:100], [[80.0, 0.0], [0.0, -90.0]]])  # two far outliers, as PCA of raw features gives
+    fig = plot_feature_maps({"PCA": {"calm": bulk, "spiky": spiky}}, np.arange(102) % 3, ["a", "b", "c"])
+    calm, spiky_ax = fig.axes[:2]
+    assert [t.get_text() for t in calm.texts] == [] and calm.get_xlim()[1] > bulk[:, 0].max()  # nothing left out
+    assert [t.get_text() for t in spiky_ax.texts] == ["2 off the panel"]
+    assert spiky_ax.get_xlim()[1] < 10 and spiky_ax.get_ylim()[0] > -10  # the bulk fills the panel
+    plt.close(fig)
+
+
 def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suite):
     text = "".join("".join(o.get("text", "")) for cell in executed_suite["08_why_transfer_works.ipynb"].cells
                    for o in cell.get("outputs", []))

@@ -330,7 +330,7 @@ def plot_reliability(diagrams: dict[str, dict[str, pd.DataFrame]], caption: str 
     """A reliability diagram per run (``diagrams``: init -> {"before": table, "after": table}, tables from
     ``common.use.trust.reliability``): each confidence bin's accuracy against its mean confidence, before and
     after temperature scaling; on the diagonal a model is exactly as sure as it is right. Marker area: images."""
-    fig, axes = plt.subplots(1, len(diagrams), figsize=(3.6 * len(diagrams), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(diagrams), figsize=(3.8 * len(diagrams) + 2.0, 3.8), squeeze=False, sharey=True)
     for ax, (init, tables) in zip(axes[0], sorted(diagrams.items(), key=lambda item: INITS.index(item[0]))):
         ax.plot([0, 1], [0, 1], color=BOUNDARY_COLOUR, lw=1, ls=":", label="as sure as right")
         colour = INIT_COLOURS.get(init, "#444444")
@@ -339,13 +339,18 @@ def plot_reliability(diagrams: dict[str, dict[str, pd.DataFrame]], caption: str 
             ax.scatter(table["confidence"], table["accuracy"], s=12 + 250 * table["images"] / table["images"].sum(),
                        facecolors="none" if hollow else colour, edgecolors=colour, linewidths=1.2, clip_on=False,
                        zorder=3, label=f"{when} temperature scaling")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean top probability in the bin)", title=init)
+        ax.set(xlim=(-0.04, 1.04), ylim=(-0.04, 1.04), xlabel="confidence in the bin\n(mean top probability)", title=init)
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
-        legend = ax.legend(fontsize=7, loc="upper left", title="marker area: images in the bin", title_fontsize=7)
-        for handle in legend.legend_handles:
-            if hasattr(handle, "set_sizes"):
-                handle.set_sizes([40])  # one size in the legend: there it names the style, not a bin
+    # One legend, beside the last panel: inside, it would cover bins at 0 or 1.
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.03, 1.0), title="marker area: images in the bin",
+                       title_fontsize=7, frameon=False)
+    for handle in legend.legend_handles:
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([40])  # one size and a neutral colour in the legend: there it names the style, not a bin
+            handle.set_edgecolor("#444444")
+            if handle.get_facecolor().size and handle.get_facecolor()[0][3] > 0:
+                handle.set_facecolor("#444444")
     axes[0][0].set_ylabel("accuracy in the bin")
     return finish_figure(fig, "Reliability on the test split: below the diagonal means overconfident", caption)
 
@@ -402,11 +407,28 @@ def plot_feature_maps(views: dict[str, dict[str, np.ndarray]], labels: np.ndarra
         for ax, name in zip(row, names):
             ax.scatter(points[name][:, 0], points[name][:, 1], c=colours[labels], s=9, linewidths=0)
             ax.set_xticks([]), ax.set_yticks([])
+            frame_bulk(ax, points[name])
             ax.set_title(name, fontsize=9)
         row[0].set_ylabel(view, fontsize=9)
     handles = [Line2D([], [], marker="o", linestyle="", color=colours[i], label=c) for i, c in enumerate(class_names)]
     fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return finish_figure(fig, "Validation images in each network's feature space, coloured by class", caption)
+
+
+def frame_bulk(ax, points: np.ndarray, share: float = 0.96) -> None:
+    """Where a few far outliers (PCA of features has them) would squash a scatter's other points into a line, limit
+    that axis to where the middle ``share`` of the points lie, with a margin, and say how many are left out."""
+    low, high = np.percentile(points, [50 * (1 - share), 100 - 50 * (1 - share)], axis=0)
+    span = high - low + 1e-9
+    squashed = (points.max(axis=0) - points.min(axis=0)) > 3 * span  # per axis
+    if not squashed.any():
+        return
+    low, high = np.where(squashed, low - 0.3 * span, points.min(axis=0)), np.where(squashed, high + 0.3 * span, points.max(axis=0))
+    outside = int(np.sum(np.any((points < low) | (points > high), axis=1)))
+    margin = 0.05 * (high - low)
+    ax.set_xlim(low[0] - margin[0], high[0] + margin[0]), ax.set_ylim(low[1] - margin[1], high[1] + margin[1])
+    ax.text(0.98, 0.02, f"{outside} off the panel", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+            color="#555555")
 
 
 def identical_ways(curve: pd.DataFrame) -> list[tuple[list[str], pd.DataFrame]]:
