@@ -103,3 +103,14 @@ def test_the_trust_sentences_say_when_calibration_did_not_carry_over_and_when_sc
     assert "both scores separate" in lines[2] and "too close to chance" not in lines[2]
     assert "'top logit' separates" in lines[3] and "too close to chance" in lines[3] and "1/3" in lines[3]
     assert len(lines) == 4  # real data and ImageNet weights: no caveat to add
+
+
+def test_drawn_other_images_are_the_same_for_a_seed_and_a_folder_holds_one_draw(tmp_path):
+    from common.use.trust import other_images
+    first = other_images(None, tmp_path / "other", n=5, image_size=32, seed=1)
+    again = other_images(None, tmp_path / "other", n=3, image_size=32, seed=1)  # a later run with fewer
+    assert len(first) == 5 and [p.name for p in again] == [p.name for p in first[:3]]
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in other_images(None, tmp_path / "b", 3, 32, 1)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="No images in"):
+        other_images(tmp_path / "empty", tmp_path / "x", 3, 32, 1)

@@ -195,6 +195,8 @@ def make_other_images(folder: Path, n: int, image_size: int = 96, seed: int = 0)
     """``n`` images of something else (:func:`draw_something_else`) in ``folder``, the same for the same seed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("other_*.jpg"):  # a run with another n left them: the folder holds this draw only
+        old.unlink()
     rng = np.random.default_rng(seed)
     for i in range(n):
         draw_something_else(rng, image_size).save(folder / f"other_{i:03d}.jpg", quality=90)

@@ -23,7 +23,7 @@ def plot_topk(table: pd.DataFrame, k: int = 3, caption: str = "", size: float = 
     for (ax_img, ax_bar), row in zip(axes, rows.itertuples()):
         ax_img.imshow(open_rgb(Path(row.file), max_side=512))
         answer = getattr(row, "answer", row.pred)  # "none of these" below a calibrated run's threshold
-        ax_img.set_title(f"{Path(row.file).name}\n{answer if answer == row.pred else 'none of these'}", fontsize=8)
+        ax_img.set_title(f"{Path(row.file).name}\nanswer: {answer if answer == row.pred else 'none of these'}", fontsize=8)
         ax_img.axis("off")
         names = [getattr(row, f"top{i}_class") for i in range(1, k + 1)][::-1]
         values = [getattr(row, f"top{i}_prob") for i in range(1, k + 1)][::-1]
