@@ -69,3 +69,10 @@ def test_a_finished_ignite_run_leaves_no_loader_workers_for_the_garbage_collecto
     finally:
         gc.enable()
     assert not workers, workers
+
+
+def test_an_epoch_line_gives_seconds_a_reader_can_use():
+    from common.results.records import EpochRow
+    row = EpochRow(epoch=1, stage=1, train_loss=1.0, train_acc=0.5, val_loss=1.1, val_acc=0.4, lr=1e-3, epoch_seconds=0.0241)
+    assert T.epoch_line("head", row).endswith("| 0.024 s")  # not "0.0 s" for a head on cached features
+    assert T.epoch_line("head", EpochRow(**{**row.__dict__, "epoch_seconds": 12.34})).endswith("| 12.3 s")

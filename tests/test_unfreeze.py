@@ -208,3 +208,8 @@ def test_the_tradeoff_figure_names_every_run_without_a_name_on_another_name_or_a
                      if run not in label.split(", ") and box.x0 - 4 < x < box.x1 + 4 and box.y0 - 4 < y < box.y1 + 4]
         assert not on_others, on_others
     plt.close(fig)
+
+
+def test_speed_against_scratch_reads_as_faster_or_slower():
+    from common.results.wording import _faster
+    assert [_faster(r) for r in (2.13, 1 / 1.1, 1.02, 14.6)] == ["2.1x faster", "1.1x slower", "as fast", "15x faster"]

@@ -88,7 +88,7 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
                          "blocks do not normalise what they compute (their BatchNorm statistics are still the initial "
                          "mean 0 and variance 1), so the features they hand on are many times larger than a trained "
                          "network's; what trains on top of them is evaluated with running statistics that lag behind "
-                         "those large values (the BatchNorm trap of notebook 00), and falls back on one class. The "
+                         "those large values (BatchNorm's running statistics, met in notebook 00), and falls back on one class. The "
                          "features are not empty: notebook 08 standardises them and measures what a linear probe reads "
                          "off them. What transfers is a trained network's features, in their trained scale.")
     return lines + which_did_better(records)
@@ -164,6 +164,13 @@ def _times(ratio: float) -> str:
     return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
+def _faster(ratio: float) -> str:
+    """How a run's speed compares, from scratch's time over its time: '2.1x faster', '1.1x slower', 'as fast'."""
+    if round(ratio, 1) == 1.0:
+        return "as fast"
+    return f"{_times(ratio)} faster" if ratio > 1 else f"{_times(1 / ratio)} slower"
+
+
 def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[str]:
     """Sentences, generated from the records, on what the spectrum of runs shows and what it cannot."""
     metas = [record.meta for record in records.values()]
@@ -195,9 +202,9 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     if "scratch" in table.index:
         base = table.loc["scratch", "median_epoch_seconds"]
         alike = {"all"} if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records) else set()
-        costs = ", ".join(f"{run} {secs:.2g} s ({'the same computation as scratch' if run in alike else _times(base / secs)})"
+        costs = ", ".join(f"{run} {secs:.2g} s ({'the same computation as scratch' if run in alike else _faster(base / secs)})"
                           for run, secs in table["median_epoch_seconds"].items() if run != "scratch")
-        lines.append(f"Median seconds per epoch, and how many times faster than scratch's {base:.2g} s: {costs}.")
+        lines.append(f"Median seconds per epoch, against scratch's {base:.2g} s: {costs}.")
         if base < 2:
             lines.append("Epochs this short are mostly fixed costs (the optimizer step, loading, Python) and the noise of "
                          "a shared machine: only large ratios mean something here; the cpu and full budgets give "
@@ -303,7 +310,8 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
     if found.random_transfer:
         lines.append("Both runs started from RANDOM weights (no ImageNet weights here): the sweep read a random "
                      "network's loss, so its suggestion says nothing about the rate the real recipe wants, and one run "
-                     "each is no evidence that it trains better. With the ImageNet weights, the same cell finds it.")
+                     "each is no evidence that it trains better. With the ImageNet weights, run this cell again: the sweep then "
+                     "reads the real recipe's loss.")
     return lines
 
 

@@ -129,9 +129,11 @@ class TrainingRun:
 
 
 def epoch_line(init: str, row: EpochRow) -> str:
-    """One line per epoch, the same in every engine."""
+    """One line per epoch, the same in every engine. Seconds to one decimal, or two digits below a second (a head
+    on cached features trains an epoch in hundredths)."""
+    seconds = f"{row.epoch_seconds:.2g}" if row.epoch_seconds < 1 else f"{row.epoch_seconds:.1f}"
     return (f"{init:>8} epoch {row.epoch}: train loss {row.train_loss:.3f} acc {row.train_acc:.3f} | "
-            f"val loss {row.val_loss:.3f} acc {row.val_acc:.3f} | {row.epoch_seconds:.1f} s")
+            f"val loss {row.val_loss:.3f} acc {row.val_acc:.3f} | {seconds} s")
 
 
 # When each schedule steps: after every epoch, or every batch. "constant" (the recipe's) never changes the rate.
