@@ -72,6 +72,11 @@ def data_caveats(metas) -> list[str]:
     return lines
 
 
+# Why random "transfer" runs misbehave, said one way wherever a sentence needs it (01-05's words, 08's probe).
+UNNORMALISED = ("Random frozen blocks do not normalise what they compute (their BatchNorm statistics are still the initial "
+                "mean 0 and variance 1), so the features they hand on are many times larger than a trained network's")
+
+
 def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     """Sentences, generated from the records, saying what these runs can and cannot show."""
     lines = data_caveats([record.meta for record in records.values()])
@@ -84,13 +89,11 @@ def what_the_runs_show(records: dict[tuple[str, str], RunRecord]) -> list[str]:
                      f"and only {adapts} can adapt. This run cannot show what transfer learning gains.")
         collapsed = {label: (cls, round(share, 2)) for label, (cls, share) in random.items() if share > 0.5}
         for (cls, share), runs in _grouped(collapsed).items():
-            lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images. Random frozen "
-                         "blocks do not normalise what they compute (their BatchNorm statistics are still the initial "
-                         "mean 0 and variance 1), so the features they hand on are many times larger than a trained "
-                         "network's; what trains on top of them is evaluated with running statistics that lag behind "
-                         "those large values (BatchNorm's running statistics, met in notebook 00), and falls back on one class. The "
-                         "features are not empty: notebook 08 standardises them and measures what a linear probe reads "
-                         "off them. What transfers is a trained network's features, in their trained scale.")
+            lines.append(f"{_together(runs)}: predicts '{cls}' for {share:.0%} of the test images. {UNNORMALISED}; "
+                         "what trains on top of them is evaluated with BatchNorm running statistics (notebook 00) that "
+                         "lag behind those large values, and falls back on one class. The features are not empty: "
+                         "notebook 08 standardises them and measures what a linear probe reads off them. What transfers "
+                         "is a trained network's features, in their trained scale.")
     return lines + which_did_better(records)
 
 
@@ -146,9 +149,7 @@ def _huge_first_loss(meta, history) -> str:
     if first < 2 * guess:
         return ""
     return (f" Its first epoch's training loss, {first:.1f}, is far above a uniform guess's ln({len(meta.class_names)})"
-            f" = {guess:.1f}: in the head-alone stage every block is frozen, and frozen random blocks do not normalise"
-            " (their BatchNorm statistics are still the initial mean 0 and variance 1), so the head starts on"
-            " features many times too large."
+            f" = {guess:.1f}: in the head-alone stage every block is frozen. {UNNORMALISED}, and the head starts on them."
             + (" Once layer4 trains, its BatchNorm normalises them again and the loss drops."
                if float(history["train_loss"].iloc[-1]) < first / 2 else ""))
 
@@ -189,9 +190,8 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     chance_loss = np.log(len(metas[0].class_names))
     huge = [name for name, r in records.items() if r.meta.random_transfer and r.history["train_loss"].max() > 3 * chance_loss]
     if huge:
-        lines.append(f"{', '.join(huge)}: training losses far above chance level's {chance_loss:.2f} (ln of the number of "
-                     "classes): frozen random blocks, whose BatchNorm layers hold default statistics, pass on features "
-                     "of a very large scale, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
+        lines.append(f"{', '.join(huge)}: first training losses were far above chance level's {chance_loss:.2f} (ln of the number of "
+                     f"classes). {UNNORMALISED}, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
                      "statistics learned on ImageNet, which keep their features at an ordinary scale). Notebook 08's probe "
                      "standardises each feature first, which is why it can read more off the same kind of features.")
     for name, record in records.items():
