@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -87,8 +88,6 @@ def read_or_make(path: Path, key: dict, make) -> dict:
     """The JSON record at ``path`` when it was made with ``key``; else ``key`` updated with ``make()``, saved
     atomically before it is returned. A run cut short keeps every record it finished, and a rerun with other
     settings (another ``key``) makes them again."""
-    import json
-
     path = Path(path)
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if {name: saved.get(name) for name in key} == key:

@@ -136,7 +136,7 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     fig, axes = plt.subplots(1, 3 if scheduled else 2, figsize=(14, 3.9) if scheduled else (10, 3.9))
     ax_loss, ax_acc = axes[:2]
     for (engine, name), h in histories.items():
-        style = dict(color=run_colour(name), marker=ENGINE_MARKERS.get(engine), **engine_marker_size(engine))
+        style = dict(color=run_colour(name), marker=ENGINE_MARKERS.get(engine), **engine_marker_style(engine))
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             ax.plot(h["epoch"], h[f"train_{metric}"], linestyle="--", alpha=0.6, **style)
             ax.plot(h["epoch"], h[f"val_{metric}"], linestyle="-", **style)
@@ -160,7 +160,7 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=run_colour(i), marker=ENGINE_MARKERS.get(e), label=f"{e} / {i}", **engine_marker_size(e))
+    handles = [Line2D([], [], color=run_colour(i), marker=ENGINE_MARKERS.get(e), label=f"{e} / {i}", **engine_marker_style(e))
                for e, i in histories]
     handles += [Line2D([], [], color="black", linestyle="--", label="training"),
                 Line2D([], [], color="black", linestyle="-", label="validation")]
@@ -175,7 +175,7 @@ def plot_history(histories: dict[tuple[str, str], pd.DataFrame], caption: str = 
     return finish_figure(fig, "Learning curves", caption)
 
 
-def engine_marker_size(engine: str) -> dict:
+def engine_marker_style(engine: str) -> dict:
     """Engines that agree draw one curve: the plain loop's markers large and hollow, Ignite's smaller and hollow,
     Lightning's small and filled, so that every engine's marker stays visible on a shared point."""
     size = {"plain": 9, "ignite": 6.5}.get(engine)
