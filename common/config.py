@@ -78,7 +78,7 @@ class Config:
     train_per_class: int | None = field(default=FROM_BUDGET, **_help("cap on training images per class (from the budget)"))
     eval_per_class: int | None = field(default=FROM_BUDGET, **_help("cap on validation/test images per class (from the budget)"))
     demo_images_per_class: int = field(default=FROM_BUDGET, **_help("size of the offline demo dataset (from the budget)"))
-    num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick for this machine"))
+    num_workers: int | None = field(default=FROM_BUDGET, **_help("DataLoader workers; empty means pick: 0 when training on the CPU, else up to 4"))
     precision: str = field(default="auto", **_help("auto (bf16 where the GPU has it, fp16 on other CUDA GPUs, fp32 on CPU) | fp32 | bf16 | fp16"))
     channels_last: bool | None = field(default=None, **_help("auto (on with CUDA) | on | off: NHWC memory layout for the convolutions"))
     cache_images: bool | None = field(default=None, **_help("auto (when the decoded images fit in a third of the free memory) | on | off: decode each image once into memory, later epochs only augment"))
@@ -99,7 +99,7 @@ class Config:
             if getattr(self, name) is FROM_BUDGET:
                 setattr(self, name, value)
         if self.num_workers is None:
-            self.num_workers = default_num_workers()
+            self.num_workers = default_num_workers(pick_device(self.device))
         from common.model.resnet import TRAINABLE  # imports torchvision: only when a configuration is made
         modes = [mode for mode in TRAINABLE if mode != "scratch"]  # scratch is an init, not how much a transfer run trains
         if self.trainable not in modes:

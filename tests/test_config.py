@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from common.config import BUDGETS, load_config
@@ -70,8 +72,17 @@ def test_config_prints_and_serialises(capsys):
 
 def test_zero_and_none_set_explicitly_are_kept(monkeypatch):
     monkeypatch.setenv("TL_BUDGET", "cpu")
+    monkeypatch.setenv("TL_DEVICE", "cuda")  # where the automatic choice would be workers
     monkeypatch.setenv("TL_NUM_WORKERS", "0")
     monkeypatch.setenv("TL_TRAIN_PER_CLASS", "none")
     cfg = load_config()
     assert cfg.num_workers == 0 and cfg.train_per_class is None  # not the preset's 60
     assert cfg.eval_per_class == BUDGETS["cpu"]["eval_per_class"]
+
+
+def test_loader_workers_are_none_when_training_on_the_cpu_and_some_with_a_gpu(monkeypatch):
+    # On the CPU a worker competes with the training threads for the same cores (a quarter slower per epoch on 2).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert load_config(budget="cpu", device="cpu").num_workers == 0
+    assert load_config(budget="cpu", device="cuda").num_workers == 4
+    assert load_config(budget="cpu", device="cpu", num_workers=2).num_workers == 2
