@@ -213,3 +213,14 @@ def test_the_tradeoff_figure_names_every_run_without_a_name_on_another_name_or_a
 def test_speed_against_scratch_reads_as_faster_or_slower():
     from common.results.wording import _faster
     assert [_faster(r) for r in (2.13, 1 / 1.1, 1.02, 14.6)] == ["2.1x faster", "1.1x slower", "as fast", "15x faster"]
+
+
+def test_offline_the_all_mode_is_scratchs_run_trained_once(executed_suite, tiny_base):
+    """Without ImageNet weights, fine-tuning everything is training from scratch, step for step: 05 reads notebook
+    01's scratch run back as 'all' instead of training it again, and says so."""
+    from common.results.records import RunRecord
+    nb = executed_suite["05_how_much_to_unfreeze.ipynb"]
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "'all' is scratch's run here, trained once and shown under both names" in text
+    assert not RunRecord(tiny_base / "runs" / "unfreeze", "demo", "plain", "all").folder.exists()
+    assert "all epoch" not in text  # no epoch line of its own

@@ -181,12 +181,14 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
                      "random block computes features nobody trained, so which mode learns best is NOT shown by "
                      "this run; what each costs (parameters, memory, seconds per epoch) is, because cost does not "
                      "depend on the weights.")
-    if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records):
-        same = np.allclose(records["all"].history["train_loss"], records["scratch"].history["train_loss"])
-        if same:
-            lines.append("'all' and 'scratch' computed the same numbers: with random weights, fine-tuning everything "
-                         "IS training from scratch (same seed, same initial weights), so any difference in their "
-                         "seconds is this machine's noise. With ImageNet weights they differ.")
+    all_is_scratch = (any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records)
+                      and np.allclose(records["all"].history["train_loss"], records["scratch"].history["train_loss"]))
+    if all_is_scratch:
+        once = records["all"].folder == records["scratch"].folder
+        lines.append("With random weights, fine-tuning everything IS training from scratch (same seed, same initial "
+                     "weights, same steps), so " + ("'all' is scratch's run here, trained once and shown under both names"
+                                                    if once else "'all' and 'scratch' computed the same numbers")
+                     + ". With ImageNet weights they differ.")
     chance_loss = np.log(len(metas[0].class_names))
     huge = [name for name, r in records.items() if r.meta.random_transfer and r.history["train_loss"].max() > 3 * chance_loss]
     if huge:
@@ -201,7 +203,7 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
                          "weights kept, and tested, are its first stage's (the head alone).")
     if "scratch" in table.index:
         base = table.loc["scratch", "median_epoch_seconds"]
-        alike = {"all"} if any(m.random_transfer for m in metas) and {"all", "scratch"} <= set(records) else set()
+        alike = {"all"} if all_is_scratch else set()
         costs = ", ".join(f"{run} {secs:.2g} s ({'the same computation as scratch' if run in alike else _faster(base / secs)})"
                           for run, secs in table["median_epoch_seconds"].items() if run != "scratch")
         lines.append(f"Median seconds per epoch, against scratch's {base:.2g} s: {costs}.")
