@@ -69,7 +69,7 @@ def test_the_probes_are_scikit_learns_on_the_same_features():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(120, 32)), rng.integers(0, 4, 120)
     train, test = (x[:80], y[:80]), (x[80:], y[80:])
-    expected = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(*train).score(*test)
+    expected = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cg", max_iter=2000)).fit(*train).score(*test)
     assert linear_probe(train, test) == pytest.approx(expected, abs=0)
     assert knn_accuracy(train, test) == KNeighborsClassifier(5, metric="cosine").fit(*train).score(*test)
     assert knn_accuracy(train, test, k=1) == KNeighborsClassifier(1, metric="cosine").fit(*train).score(*test)

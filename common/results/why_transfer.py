@@ -51,7 +51,9 @@ from sklearn.preprocessing import StandardScaler
 
 def linear_probe(train, test):
     """Accuracy on `test` of a logistic regression fitted on `train`, each (features, labels)."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    # newton-cg: the same optimum as the default lbfgs (the problem is convex) in about a dozen steps where lbfgs
+    # took hundreds on 2048 features: 0.1 s instead of 3.5 s per probe on 2 CPU cores
+    probe = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cg", max_iter=2000))
     return float(probe.fit(*train).score(*test))
 
 
