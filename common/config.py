@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUDGETS: dict[str, dict] = {
     "smoke": dict(image_size=64, epochs=2, batch_size=16, demo_images_per_class=24,
                   train_per_class=None, eval_per_class=None, num_workers=0, curve_trained_up_to=1),
-    "cpu": dict(image_size=112, epochs=3, batch_size=32, demo_images_per_class=80,
+    "cpu": dict(image_size=96, epochs=3, batch_size=32, demo_images_per_class=80,
                 train_per_class=60, eval_per_class=20, num_workers=None, curve_trained_up_to=1),
     "full": dict(image_size=224, epochs=10, batch_size=64, demo_images_per_class=200,
                  train_per_class=None, eval_per_class=None, num_workers=None, curve_trained_up_to=20),
