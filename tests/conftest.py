@@ -42,6 +42,21 @@ def run_notebook(nb, env: dict, kernel_log=None):
     return nb
 
 
+# The first code cell of each engine notebook that trains what a test needs: the recipe's transfer and scratch runs, or
+# the variations' two-stage run. A test that needs only those runs executes the notebook up to there, not to its end.
+RECIPE_CELL, VARIATIONS_CELL = "for init in INITS", 'name="variations"'
+
+
+def notebook_until(name: str, marker: str):
+    """The notebook's cells up to and including the first code cell containing ``marker``."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    end = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and marker in cell.source)
+    nb.cells = nb.cells[:end + 1]
+    return nb
+
+
 def things_to_try(nb) -> list[str]:
     """The code snippets of a notebook's "Things to try" (fenced python blocks in its summary)."""
     summary = next(c for c in nb.cells if c.cell_type == "markdown" and "Things to try" in c.source)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import shutil
 
-import nbformat
 import pytest
 import torch
-from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, run_notebook, tiny_env
+from conftest import ENGINE_NOTEBOOKS, RECIPE_CELL, notebook_until, run_notebook, tiny_env
 
 from common.results.compare import assert_engines_agree
 from common.results.records import INITS, RunRecord
@@ -36,7 +35,7 @@ def test_the_check_fails_when_one_engine_changes_its_learning_rate(engine_runs, 
     runs = tmp_path / "runs"
     for init in INITS:  # the plain loop's records as they are
         shutil.copytree(RunRecord(tiny_base / "runs", "demo", "plain", init).folder, RunRecord(runs, "demo", "plain", init).folder)
-    nb = nbformat.read(NOTEBOOKS / ENGINE_NOTEBOOKS["ignite"], as_version=4)
+    nb = notebook_until(ENGINE_NOTEBOOKS["ignite"], RECIPE_CELL)  # the runs compared, not the rest of the notebook
     start = 'run = start_run(cfg, data, engine="ignite", init=init'
     cell = next(c for c in nb.cells if start in c.source)
     line = next(line for line in cell.source.splitlines() if start in line)

@@ -2,7 +2,6 @@
 and get exactly the history of an uninterrupted run. Checkpoints cut short are never trusted."""
 from __future__ import annotations
 
-import json
 import pickle
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, tiny_env
+from conftest import ENGINE_NOTEBOOKS, NOTEBOOKS, RECIPE_CELL, VARIATIONS_CELL, notebook_until, tiny_env
 
 from common.config import load_config
 from common.data.datasets import prepare_data
@@ -22,10 +21,10 @@ from common.train.run import start_run
 COMPARED = ["epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
 
-def notebook_as_script(name: str) -> str:
-    """The notebook's code cells as one Python program (IPython magics dropped)."""
-    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
-    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+def notebook_as_script(name: str, until: str) -> str:
+    """The notebook's code cells up to the first one containing ``until``, as one Python program (IPython magics
+    dropped)."""
+    code = [cell.source for cell in notebook_until(name, until).cells if cell.cell_type == "code"]
     return "\n\n".join("\n".join(l for l in block.splitlines() if not l.startswith("%")) for block in code)
 
 
@@ -46,7 +45,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_history(engine, stages, reque
     runs = tmp_path / "runs"
     env = dict(tiny_env(tiny_base, runs), TL_PROGRESS="on")  # bars' code paths, as text
     script = tmp_path / f"notebook_{engine}_as_script.py"
-    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine]))
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS[engine], VARIATIONS_CELL if two else RECIPE_CELL))
     marker = resume_marker(runs, engine, names[0])
 
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env,
