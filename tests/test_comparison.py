@@ -179,9 +179,19 @@ def test_the_text_says_what_random_transfer_cannot_show(tmp_path):
     assert both.count("predicts 'a'") == 1 and "plain, ignite / transfer: predicts 'a'" in both
     assert "plain, ignite: transfer 50.0% vs scratch 100.0%" in both
     short = Wd.what_the_runs_show_in_short(same)  # 02 and 03, after 01 has said it all
-    assert short == ["ignite: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each: scratch did better here.",
+    assert short == ["ignite: transfer 50.0% vs scratch 100.0% test accuracy after 2 epochs each (4 test images, one is "
+                     "25.0%): scratch did better here.",
                      "The 'transfer' runs started from RANDOM weights, so this says nothing about transfer learning "
                      "(notebook 01 explains why)."]
+
+
+def test_one_test_image_apart_is_no_winner(tmp_path):
+    preds = _preds(["a", "b", "c", "a"], ["a", "b", "c", "b"])
+    runs = {("plain", "transfer"): _record(tmp_path, "plain", "transfer", _history([0.5, 0.6], [2, 2]), preds, 10)}
+    runs[("plain", "scratch")] = _record(tmp_path, "plain", "scratch", _history([0.5, 0.6], [2, 2]),
+                                         _preds(["a", "b", "c", "a"], ["a", "b", "c", "a"]), 10)
+    assert Wd.which_did_better(runs) == ["plain: transfer 75.0% vs scratch 100.0% test accuracy after 2 epochs each (4 test "
+                                         "images, one is 25.0%): neither did better here: they differ by at most one test image."]
 
 
 def test_rows_that_engines_share_are_shown_once():

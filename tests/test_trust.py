@@ -92,7 +92,7 @@ def test_the_trust_sentences_say_when_calibration_did_not_carry_over_and_when_sc
     from common.use.trust import OpenSetCheck, describe_trust
     row = lambda t, ece, nll_: {"temperature": t, "test ECE before": 0.2, "test ECE after": ece, "test NLL before": 1.0,
                                "test NLL after": nll_, "test accuracy": 0.5}
-    calibrated = pd.DataFrame({"transfer": row(2.0, 0.1, 0.8), "scratch": row(2.0, 0.3, 1.4)}).T
+    calibrated = pd.DataFrame({"transfer": row(2.0, 0.1, 0.8), "scratch": row(2.0, 0.3, 1.4), "tiny": row(1.1, 0.199, 0.995)}).T
     checks = {"transfer": [OpenSetCheck("top probability (calibrated)", 0.4, 0.9, 0.95, 0.6),
                            OpenSetCheck("top logit", 3.0, 0.9, 0.95, 0.5)],
               "scratch": [OpenSetCheck("top probability (calibrated)", 0.4, 0.55, 0.95, 0.1),
@@ -100,9 +100,10 @@ def test_the_trust_sentences_say_when_calibration_did_not_carry_over_and_when_sc
     metas = {"transfer": make_meta(is_demo_data=False), "scratch": make_meta(init="scratch", is_demo_data=False)}
     lines = describe_trust(calibrated, checks, metas)
     assert "On test the probabilities became more honest" in lines[0] and "LESS honest" in lines[1]
-    assert "both scores separate" in lines[2] and "too close to chance" not in lines[2]
-    assert "'top logit' separates" in lines[3] and "too close to chance" in lines[3] and "1/3" in lines[3]
-    assert len(lines) == 4  # real data and ImageNet weights: no caveat to add
+    assert "On test they barely changed" in lines[2]  # 0.001 in ECE is no improvement to speak of
+    assert "both scores separate" in lines[3] and "too close to chance" not in lines[3]
+    assert "'top logit' separates" in lines[4] and "too close to chance" in lines[4] and "1/3" in lines[4]
+    assert len(lines) == 5  # real data and ImageNet weights: no caveat to add
 
 
 def test_drawn_other_images_are_the_same_for_a_seed_and_a_folder_holds_one_draw(tmp_path):

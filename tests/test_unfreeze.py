@@ -212,7 +212,8 @@ def test_the_tradeoff_figure_names_every_run_without_a_name_on_another_name_or_a
 
 def test_speed_against_scratch_reads_as_faster_or_slower():
     from common.results.wording import _faster
-    assert [_faster(r) for r in (2.13, 1 / 1.1, 1.02, 14.6)] == ["2.1x faster", "1.1x slower", "as fast", "15x faster"]
+    assert [_faster(r) for r in (2.13, 1 / 1.3, 1.1, 1 / 1.1, 14.6, 818.3)] == [
+        "2.1x faster", "1.3x slower", "about as fast", "about as fast", "15x faster", "820x faster"]
 
 
 def test_offline_the_all_mode_is_scratchs_run_trained_once(executed_suite, tiny_base):

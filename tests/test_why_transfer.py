@@ -155,7 +155,7 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
             for k, acc in accs.items() for r in range(3)]
     words = describe_data_curve(pd.DataFrame(rows), random_weights=False)
     assert words == ["Head on cached features: transfer's lead is largest at 1 image(s) per class (+40 points), "
-                     "smallest at 10 (+2); at 10 image(s) per class it is within the subsets' own spread."]
+                     "smallest at 10 (+2 points); at 10 image(s) per class it is within the subsets' own spread."]
     assert "chance and spread" in describe_data_curve(pd.DataFrame(rows), random_weights=True)[-1]
     trained_once = [dict(row, way=row["way"].replace("head on ImageNet features", "recipe (layer4), transfer")
                          .replace("head on random features", "recipe, scratch")) for row in rows if row["per_class"] == 1]
@@ -163,6 +163,9 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
         "Trained networks: transfer's lead is +40 points at 1 image(s) per class, the one size trained; larger than the "
         "subsets' own spread.")
     twins = [dict(row, way="head on random features") for row in rows if row["way"] == "head on ImageNet features"]
+    level = describe_data_curve(pd.DataFrame([dict(way=w, per_class=1, repeat=0, test_acc=acc) for w, acc in
+                                              (("recipe (layer4), transfer", 0.502), ("recipe, scratch", 0.5))]), random_weights=True)
+    assert level[0].startswith("Trained networks: transfer's lead is 0 points at 1 image(s) per class")
     same = describe_data_curve(pd.DataFrame([r for r in rows if r["way"] == "head on ImageNet features"] + twins), random_weights=True)
     assert same[0] == "Head on cached features: the two rows are equal at every size and subset: offline they are one network."
 
@@ -171,13 +174,15 @@ def test_the_feature_score_words_say_what_random_weights_show_and_why_standardis
     from common.results.wording import describe_feature_scores
     scores = pd.DataFrame({"linear probe": [0.49, 0.49, 0.46, 0.75], "5 nearest neighbours": [0.36, 0.36, 0.36, 0.72]},
                           index=["random init", "ImageNet", "fine-tuned", "from scratch"])
-    words = describe_feature_scores(scores, chance=1 / 6, random_weights=True, same_network=True)
+    words = describe_feature_scores(scores, chance=1 / 6, random_weights=True, same_network=True, transfer_collapsed=True)
     assert words[0] == "Chance is 17%. The best linear probe reads 75% off the features of the network 'from scratch'; the lowest, 46% ('fine-tuned')."
     assert "here the very same one: those two rows are equal" in words[1] and "cannot show what pretraining gives" in words[1]
     assert "no paradox" in words[2]
     assert words[3].startswith("The random features score 49% here") and "standardises each feature first" in words[3]
+    learned = describe_feature_scores(scores, chance=1 / 6, random_weights=True, same_network=True)
+    assert not any("random features score" in w for w in learned)  # 01's transfer run did not fall back on one class
     near_chance = scores.assign(**{"linear probe": [0.2, 0.2, 0.3, 0.75]})
-    assert not any("random features score" in w for w in describe_feature_scores(near_chance, 1 / 6, True, True))
+    assert not any("random features score" in w for w in describe_feature_scores(near_chance, 1 / 6, True, True, True))
     real = describe_feature_scores(scores.assign(**{"linear probe": [0.3, 0.9, 0.95, 0.6]}), 1 / 6, False, False)
     assert real[1] == "The ImageNet features, before any training on these images, give a probe +60 points against random ones: what pretraining brings before fine-tuning starts."
 

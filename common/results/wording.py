@@ -51,7 +51,7 @@ def describe_fit(gaps: pd.DataFrame, chance: float) -> list[str]:
             verdict = f"fits its training images much better than new ones (gap {gap:+.2f}): overfitting"
         elif gap < -0.05:
             verdict = ("does better on validation than on its own training batches, which see dropout and "
-                       "augmentation: no sign of overfitting, more epochs could help")
+                       f"augmentation (gap {gap:+.2f}): no sign of overfitting yet")
         else:
             verdict = f"training and validation accuracy are close (gap {gap:+.2f}): no overfitting yet"
         loss_gap = gaps.loc[runs[0], "loss_gap"]
@@ -114,11 +114,14 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
                       records[(engine, "transfer")].meta.epochs_run, records[(engine, "scratch")].meta.epochs_run)
              for engine in dict.fromkeys(e for e, _ in records)
              if (engine, "transfer") in records and (engine, "scratch") in records}
+    images = {engine: len(records[(engine, "transfer")].predictions) for engine in pairs}  # a row per test image
     for (t, s, te, se), engines in _grouped(pairs).items():
-        better = "transfer" if t > s else "scratch" if s > t else "neither"
+        one = 1 / images[engines[0]]
+        better = ("neither did better here: they differ by at most one test image" if abs(t - s) < 1.5 * one
+                  else f"{'transfer' if t > s else 'scratch'} did better here")
         epochs = f"{te} epochs each" if te == se else f"{te} and {se} epochs"
-        lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs}: "
-                     f"{better} did better here.")
+        lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs} "
+                     f"({images[engines[0]]} test images, one is {one:.1%}): {better}.")
     return lines
 
 
@@ -161,14 +164,15 @@ def _listed(items) -> str:
 
 
 def _times(ratio: float) -> str:
-    """A ratio as people write it: 1.3x, 12x, 1320x."""
-    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+    """A ratio as people write it, to two figures: 1.3x, 12x, 820x (a third figure would be this machine's noise)."""
+    return f"{ratio:.1f}x" if ratio < 10 else f"{float(f'{ratio:.2g}'):.0f}x"
 
 
 def _faster(ratio: float) -> str:
-    """How a run's speed compares, from scratch's time over its time: '2.1x faster', '1.1x slower', 'as fast'."""
-    if round(ratio, 1) == 1.0:
-        return "as fast"
+    """How a run's speed compares, from scratch's time over its time: '2.1x faster', '1.3x slower', or 'about as fast'
+    within 15 % (identical settings differ by up to 20 % per epoch on a shared 2-core machine)."""
+    if 1 / 1.15 <= ratio <= 1.15:
+        return "about as fast"
     return f"{_times(ratio)} faster" if ratio > 1 else f"{_times(1 / ratio)} slower"
 
 
@@ -196,11 +200,18 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
                      f"classes). {UNNORMALISED}, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
                      "statistics learned on ImageNet, which keep their features at an ordinary scale). Notebook 08's probe "
                      "standardises each feature first, which is why it can read more off the same kind of features.")
+    one = 1 / len(records[next(iter(records))].predictions)  # one test image
+    stuck = [name for name, r in records.items() if (r.history["val_acc"] - 1 / len(r.meta.class_names)).abs().max() < one]
+    if stuck:
+        lines.append(f"{_listed(stuck)} never left chance: validation accuracy within one image of chance in every "
+                     "epoch, so where they rank below says nothing.")
     for name, record in records.items():
-        meta = record.meta
+        meta, val = record.meta, record.history["val_acc"]
         if len(meta.stages) > 1 and meta.best_epoch is not None and meta.best_epoch < meta.stages[1]["first_epoch"]:
-            lines.append(f"{name}: its best validation accuracy came in epoch {meta.best_epoch}, before it unfroze: the "
-                         "weights kept, and tested, are its first stage's (the head alone).")
+            when = ("in no epoch did it do better than in its first (a tie keeps the earliest), before it unfroze"
+                    if (val == val.max()).sum() > 1 else f"its best validation accuracy came in epoch {meta.best_epoch}, "
+                    "before it unfroze")
+            lines.append(f"{name}: {when}: the weights kept, and tested, are its first stage's (the head alone).")
     if "scratch" in table.index:
         base = table.loc["scratch", "median_epoch_seconds"]
         alike = {"all"} if all_is_scratch else set()
@@ -222,9 +233,11 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     return lines
 
 
-def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights: bool, same_network: bool) -> list[str]:
+def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights: bool, same_network: bool,
+                            transfer_collapsed: bool = False) -> list[str]:
     """Notebook 08: what the probe and nearest-neighbour scores of the four feature sets say (``scores``: one row
-    per network, columns "linear probe" and "5 nearest neighbours"), and what this run can show."""
+    per network, columns "linear probe" and "5 nearest neighbours"), and what this run can show;
+    ``transfer_collapsed``: whether notebook 01's transfer run answered one class for most test images."""
     probe = scores["linear probe"]
     best = probe.idxmax()
     lines = [f"Chance is {chance:.0%}. The best linear probe reads {probe[best]:.0%} off the features of the network "
@@ -237,9 +250,9 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
         if "fine-tuned" in probe and probe["fine-tuned"] < probe["random init"]:
             lines.append("'fine-tuned' below 'random init' is no paradox here: offline it trained only layer4 and the head "
                          "on top of random frozen blocks, while 'from scratch' trained every layer.")
-        if probe["random init"] > 2 * chance:
-            lines.append(f"The random features score {probe['random init']:.0%} here, yet notebook 01's 'transfer' runs "
-                         "built on them can fall back on one class: the probe standardises each feature first, and the "
+        if probe["random init"] > 2 * chance and transfer_collapsed:
+            lines.append(f"The random features score {probe['random init']:.0%} here, yet notebook 01's 'transfer' run "
+                         "built on them fell back on one class: the probe standardises each feature first, and the "
                          "network does not. Unnormalised, a random network's features are many times too large for "
                          "what trains on top of them.")
     else:
@@ -247,6 +260,12 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
         lines.append(f"The ImageNet features, before any training on these images, give a probe {gain * 100:+.0f} points "
                      "against random ones: what pretraining brings before fine-tuning starts.")
     return lines
+
+
+def _points(share: float) -> str:
+    """A difference of accuracies in points, signed, with no '-0'."""
+    points = round(share * 100)
+    return f"{points:+d} points" if points else "0 points"
 
 
 def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
@@ -267,12 +286,12 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
             lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: offline they are one network.")
             continue
         if len(lead) == 1:
-            text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at {top} image(s) per class, the one size trained"
+            text = f"{label.capitalize()}: transfer's lead is {_points(lead[top])} at {top} image(s) per class, the one size trained"
         elif lead[top] - lead[low] < 0.005:
-            text = f"{label.capitalize()}: transfer's lead is {lead[top] * 100:+.0f} points at every size"
+            text = f"{label.capitalize()}: transfer's lead is {_points(lead[top])} at every size"
         else:
-            text = (f"{label.capitalize()}: transfer's lead is largest at {top} image(s) per class ({lead[top] * 100:+.0f} "
-                    f"points), smallest at {low} ({lead[low] * 100:+.0f})")
+            text = (f"{label.capitalize()}: transfer's lead is largest at {top} image(s) per class ({_points(lead[top])}), "
+                    f"smallest at {low} ({_points(lead[low])})")
         small = lead.abs() <= spread
         if len(lead) == 1:
             text += "; within the subsets' own spread." if small.any() else "; larger than the subsets' own spread."
@@ -298,6 +317,9 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
     if smooth[lowest] > 0.95 * smooth[0]:
         lines.append(f"That is a fall of only {1 - smooth[lowest] / smooth[0]:.0%} before the loss rose: the curve has no "
                      "clear descent, so the suggestion is little more than noise.")
+    if suggested == sweep.rates[lowest]:
+        lines.append("Too few steps came before the lowest point to measure a slope there, so the suggestion is the "
+                     "lowest point itself, which is usually a little too high.")
     ratio = suggested / lr
     lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:.1e}." if ratio >= 1
                                                        else f"{_times(1 / ratio)} below the configured {lr:.1e}."))
@@ -307,8 +329,8 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
     lines.append(f"Trained at the suggested rate: test accuracy {found.test_acc:.1%} against {recipe.test_acc:.1%} at "
                  f"{lr:.1e}, {found.epochs_run} epochs each ({images} test images, one is {1 / images:.1%}): {verdict} here.")
     if 2 <= len(sweep.rates) < 30:
-        lines.append(f"The sweep took {len(sweep.rates)} steps (at most one epoch of this training set), so it is coarse: "
-                     f"each step raises the rate {_times(sweep.rates[-1] / sweep.rates[-2])}. With more data it takes 100.")
+        lines.append(f"The sweep is coarse: one batch per rate and at most one epoch of this training set, so each step "
+                     f"raises the rate {_times(sweep.rates[-1] / sweep.rates[-2])}. With more data it takes 100 steps.")
     if found.random_transfer:
         lines.append("Both runs started from RANDOM weights (no ImageNet weights here): the sweep read a random "
                      "network's loss, so its suggestion says nothing about the rate the real recipe wants, and one run "

@@ -150,7 +150,10 @@ def describe_trust(calibrated: pd.DataFrame, checks: dict[str, list[OpenSetCheck
                "sharpened them" if row["temperature"] < 0.95 else "about as confident as it was right")
         better = row["test NLL after"] < row["test NLL before"] and row["test ECE after"] <= row["test ECE before"]
         worse = row["test NLL after"] > row["test NLL before"] and row["test ECE after"] >= row["test ECE before"]
-        outcome = ("the probabilities became more honest" if better else
+        barely = (abs(row["test ECE after"] - row["test ECE before"]) < 0.01
+                  and abs(row["test NLL after"] - row["test NLL before"]) < 0.01 * row["test NLL before"])
+        outcome = ("they barely changed (less than 0.01 in ECE, 1 % in NLL)" if barely else
+                   "the probabilities became more honest" if better else
                    "they became LESS honest: validation and test disagree here, so a temperature fitted on one does not "
                    "carry over (with this few images, or a model this weak, that happens)" if worse else
                    "one measure improved while the other did not")
@@ -164,7 +167,7 @@ def describe_trust(calibrated: pd.DataFrame, checks: dict[str, list[OpenSetCheck
                  "0.5 is chance)" if tied else f"'{best.score}' separates the known test images from the other images "
                  f"best (AUROC {best.auroc:.2f}; 0.5 is chance)")
         useful = ("" if best.auroc >= 0.7 else ": too close to chance for 'none of these' to be of use with this model")
-        lines.append(f"{init}: {which}{useful}. At the top probability's threshold ({found[0].threshold:.2f}; it cannot "
+        lines.append(f"{init}: {which}{useful}. With the top probability as the score, at its threshold ({found[0].threshold:.2f}; it cannot "
                      f"fall below 1/{len(metas[init].class_names)}, the probability of an even guess) it answers "
                      f"{found[0].known_kept:.0%} of the test images and says 'none of these' to "
                      f"{found[0].unknown_rejected:.0%} of the other images.")
