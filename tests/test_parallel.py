@@ -114,7 +114,8 @@ def test_a_killed_two_process_run_resumes_and_leaves_no_orphans(tiny_base, tmp_p
     runs = tmp_path / "runs"
     env = tiny_env(tiny_base, tmp_path / "notebook-runs")
     script = tmp_path / "plain_as_script.py"
-    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"]) + "\n"
+    # 01 up to its final train (the one that hands several devices to notebook 07), then that train on 2 processes
+    script.write_text(notebook_as_script(ENGINE_NOTEBOOKS["plain"], "def train(cfg, data, init, name=None)") + "\n"
                       f"train(load_config(devices=2, trainable='head', dropout=0.0, runs_dir={str(runs)!r}), data, 'transfer')\n")
     marker = RunRecord(runs, "demo", "plain", "transfer").resume
     proc = subprocess.Popen([sys.executable, str(script)], cwd=NOTEBOOKS, env=env, stdout=subprocess.DEVNULL,
