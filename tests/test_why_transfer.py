@@ -167,7 +167,12 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
                                               (("recipe (layer4), transfer", 0.502), ("recipe, scratch", 0.5))]), random_weights=True)
     assert level[0].startswith("Trained networks: transfer's lead is 0 points at 1 image(s) per class")
     same = describe_data_curve(pd.DataFrame([r for r in rows if r["way"] == "head on ImageNet features"] + twins), random_weights=True)
-    assert same[0] == "Head on cached features: the two rows are equal at every size and subset: offline they are one network."
+    assert same[0] == ("Head on cached features: the two rows are equal at every size and subset: offline they are one network. "
+                       "Its test accuracy goes from 61% at 1 to 91% at 10 image(s) per class.")
+    at_chance = describe_data_curve(pd.DataFrame([dict(way=w, per_class=1, repeat=r, test_acc=acc) for r in range(3) for w, acc in
+                                                  (("recipe (layer4), transfer", 1 / 6), ("recipe, scratch", 0.18))]),
+                                    random_weights=True, chance=1 / 6)
+    assert at_chance[0].startswith("Trained networks: both stayed at chance (17%) at every size trained: 1 image(s) per class")
 
 
 def test_the_feature_score_words_say_what_random_weights_show_and_why_standardised_random_features_score():

@@ -200,11 +200,18 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
                      f"classes). {UNNORMALISED}, so the new head's first outputs are huge (pretrained blocks carry BatchNorm "
                      "statistics learned on ImageNet, which keep their features at an ordinary scale). Notebook 08's probe "
                      "standardises each feature first, which is why it can read more off the same kind of features.")
+    answers = {name: dominant_prediction(r.predictions) for name, r in records.items()}
+    one_class = {name: answer for name, answer in answers.items() if answer[1] > 0.5}
+    if one_class:
+        lines.append(f"{_listed(list(one_class))} fell back on one class ("
+                     + "; ".join(f"{name}: '{cls}' for {share:.0%} of the test images" for name, (cls, share) in one_class.items())
+                     + "): their accuracy is that class's share, so their rank below says nothing.")
     one = 1 / len(records[next(iter(records))].predictions)  # one test image
-    stuck = [name for name, r in records.items() if (r.history["val_acc"] - 1 / len(r.meta.class_names)).abs().max() < one]
+    stuck = [name for name, r in records.items() if name not in one_class
+             and (r.history["val_acc"] - 1 / len(r.meta.class_names)).abs().max() < one]
     if stuck:
-        lines.append(f"{_listed(stuck)} never left chance: validation accuracy within one image of chance in every "
-                     "epoch, so where they rank below says nothing.")
+        lines.append(f"{_listed(stuck)} never left chance (validation accuracy within one image of it in every "
+                     "epoch), so their rank below says nothing.")
     for name, record in records.items():
         meta, val = record.meta, record.history["val_acc"]
         if len(meta.stages) > 1 and meta.best_epoch is not None and meta.best_epoch < meta.stages[1]["first_epoch"]:
@@ -250,6 +257,10 @@ def describe_feature_scores(scores: pd.DataFrame, chance: float, random_weights:
         if "fine-tuned" in probe and probe["fine-tuned"] < probe["random init"]:
             lines.append("'fine-tuned' below 'random init' is no paradox here: offline it trained only layer4 and the head "
                          "on top of random frozen blocks, while 'from scratch' trained every layer.")
+        elif "fine-tuned" in probe and probe["fine-tuned"] - probe["random init"] < 0.05:
+            lines.append("'fine-tuned' is within 5 points of 'random init': offline, training layer4 and the head on top "
+                         "of random frozen blocks changed little of what a probe reads off them; 'from scratch' trained "
+                         "every layer.")
         if probe["random init"] > 2 * chance and transfer_collapsed:
             lines.append(f"The random features score {probe['random init']:.0%} here, yet notebook 01's 'transfer' run "
                          "built on them fell back on one class: the probe standardises each feature first, and the "
@@ -268,7 +279,7 @@ def _points(share: float) -> str:
     return f"{points:+d} points" if points else "0 points"
 
 
-def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
+def describe_data_curve(curve: pd.DataFrame, random_weights: bool, chance: float | None = None) -> list[str]:
     """Notebook 08: where transfer's lead over scratch is largest and smallest, per pair of curves (the head on
     ImageNet against random features; the recipe against scratch), with the spread over the subsets."""
     pairs = {"head on cached features": ("head on ImageNet features", "head on random features"),
@@ -283,7 +294,15 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool) -> list[str]:
         spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
         top, low = lead.idxmax(), lead.idxmin()
         if (means[transfer] == means[scratch]).all() and (ranges[transfer] == ranges[scratch]).all():
-            lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: offline they are one network.")
+            first, last = means[transfer].index.min(), means[transfer].index.max()
+            lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: offline they are one "
+                         f"network. Its test accuracy goes from {means[transfer][first]:.0%} at {first} to "
+                         f"{means[transfer][last]:.0%} at {last} image(s) per class.")
+            continue
+        if chance is not None and (pd.concat([means[transfer], means[scratch]]) < chance + 0.05).all():
+            lines.append(f"{label.capitalize()}: both stayed at chance ({chance:.0%}) at every size trained: "
+                         f"{_listed([str(k) for k in lead.index])} image(s) per class are too few for either "
+                         "to learn, so this pair shows nothing here.")
             continue
         if len(lead) == 1:
             text = f"{label.capitalize()}: transfer's lead is {_points(lead[top])} at {top} image(s) per class, the one size trained"
