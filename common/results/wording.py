@@ -203,9 +203,9 @@ def describe_modes(records: dict[str, RunRecord], table: pd.DataFrame) -> list[s
     answers = {name: dominant_prediction(r.predictions) for name, r in records.items()}
     one_class = {name: answer for name, answer in answers.items() if answer[1] > 0.5}
     if one_class:
-        lines.append(f"{_listed(list(one_class))} fell back on one class ("
+        lines.append(f"{_listed(list(one_class))} answered one class for most test images ("
                      + "; ".join(f"{name}: '{cls}' for {share:.0%} of the test images" for name, (cls, share) in one_class.items())
-                     + "): their accuracy is that class's share, so their rank below says nothing.")
+                     + "): they learned little beyond that one answer, so their rank below says little.")
     one = 1 / len(records[next(iter(records))].predictions)  # one test image
     stuck = [name for name, r in records.items() if name not in one_class
              and (r.history["val_acc"] - 1 / len(r.meta.class_names)).abs().max() < one]
