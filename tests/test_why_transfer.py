@@ -173,6 +173,7 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
                                                   (("recipe (layer4), transfer", 1 / 6), ("recipe, scratch", 0.18))]),
                                     random_weights=True, chance=1 / 6)
     assert at_chance[0].startswith("Trained networks: both stayed at chance (17%) at every size trained: 1 image(s) per class")
+    assert len(at_chance) == 1  # no lead was stated, so no sentence on what leads mean offline
 
 
 def test_the_feature_score_words_say_what_random_weights_show_and_why_standardised_random_features_score():

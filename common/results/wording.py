@@ -318,7 +318,7 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool, chance: float
             text += (f"; at {_listed([str(k) for k in lead.index[small]])} image(s) per class it is within the subsets' own spread."
                      if small.any() else "; everywhere larger than the subsets' own spread.")
         lines.append(text)
-    if random_weights:
+    if random_weights and any("lead is" in line for line in lines):
         lines.append("Offline both pairs compare two random starts, so these leads are chance and spread, not transfer.")
     return lines
 
@@ -337,8 +337,8 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
         lines.append(f"That is a fall of only {1 - smooth[lowest] / smooth[0]:.0%} before the loss rose: the curve has no "
                      "clear descent, so the suggestion is little more than noise.")
     if suggested == sweep.rates[lowest]:
-        lines.append("Too few steps came before the lowest point to measure a slope there, so the suggestion is the "
-                     "lowest point itself, which is usually a little too high.")
+        lines.append("Here the suggestion is the lowest point itself (the steepest fall ends there, or too few steps "
+                     "come before it to measure a slope), which is usually a little too high.")
     ratio = suggested / lr
     lines.append(f"Suggested rate: {suggested:.1e}, " + (f"{_times(ratio)} above the configured {lr:.1e}." if ratio >= 1
                                                        else f"{_times(1 / ratio)} below the configured {lr:.1e}."))
