@@ -174,6 +174,9 @@ def test_the_curve_words_name_where_the_lead_is_large_and_where_it_is_within_the
                                     random_weights=True, chance=1 / 6)
     assert at_chance[0].startswith("Trained networks: both stayed at chance (17%) at every size trained: 1 image(s) per class")
     assert len(at_chance) == 1  # no lead was stated, so no sentence on what leads mean offline
+    alike = describe_data_curve(pd.DataFrame([dict(way=w, per_class=1, repeat=r, test_acc=0.5) for r in range(3) for w in
+                                              ("recipe (layer4), transfer", "recipe, scratch")]), random_weights=True, chance=1 / 6)
+    assert alike == ["Trained networks: the two rows are equal at every size and subset: no lead either way."]
 
 
 def test_the_feature_score_words_say_what_random_weights_show_and_why_standardised_random_features_score():
@@ -249,5 +252,6 @@ def test_notebook_08_says_what_its_offline_run_can_and_cannot_show(executed_suit
     assert "the same weights as the random init: one network, its features computed once" in text  # random weights
     assert "this run cannot show what pretraining gives" in text
     assert "the two rows are equal at every size and subset: offline they are one network" in text  # the head pair
-    # the trained pair: a lead explained as chance, or no lead at all because both stayed at chance
-    assert "these leads are chance and spread, not transfer" in text or "so this pair shows nothing here" in text
+    # the trained pair: a lead explained as chance, or no lead at all (both at chance, or the same numbers)
+    assert any(words in text for words in ("these leads are chance and spread, not transfer", "so this pair shows nothing here",
+                                           "Trained networks: the two rows are equal at every size and subset: no lead"))

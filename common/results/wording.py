@@ -293,7 +293,8 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool, chance: float
         lead = (means[transfer] - means[scratch]).dropna()
         spread = (ranges[transfer] + ranges[scratch]).reindex(lead.index) / 2
         top, low = lead.idxmax(), lead.idxmin()
-        if (means[transfer] == means[scratch]).all() and (ranges[transfer] == ranges[scratch]).all():
+        equal = (means[transfer] == means[scratch]).all() and (ranges[transfer] == ranges[scratch]).all()
+        if equal and label == "head on cached features":  # offline, one network's features under both names
             first, last = means[transfer].index.min(), means[transfer].index.max()
             lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: offline they are one "
                          f"network. Its test accuracy goes from {means[transfer][first]:.0%} at {first} to "
@@ -303,6 +304,9 @@ def describe_data_curve(curve: pd.DataFrame, random_weights: bool, chance: float
             lines.append(f"{label.capitalize()}: both stayed at chance ({chance:.0%}) at every size trained: "
                          f"{_listed([str(k) for k in lead.index])} image(s) per class are too few for either "
                          "to learn, so this pair shows nothing here.")
+            continue
+        if equal:
+            lines.append(f"{label.capitalize()}: the two rows are equal at every size and subset: no lead either way.")
             continue
         if len(lead) == 1:
             text = f"{label.capitalize()}: transfer's lead is {_points(lead[top])} at {top} image(s) per class, the one size trained"
