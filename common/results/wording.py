@@ -107,6 +107,12 @@ def what_the_runs_show_in_short(records: dict[tuple[str, str], RunRecord]) -> li
     return lines
 
 
+def _within_one_image(gap: float, images: int) -> bool:
+    """Whether two accuracies on ``images`` test images differ by at most one image (half an image of slack for
+    rounding): no winner to speak of."""
+    return abs(gap) < 1.5 / images
+
+
 def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     """Transfer against scratch on test accuracy, per engine (engines with the same numbers together)."""
     lines = []
@@ -117,7 +123,7 @@ def which_did_better(records: dict[tuple[str, str], RunRecord]) -> list[str]:
     images = {engine: len(records[(engine, "transfer")].predictions) for engine in pairs}  # a row per test image
     for (t, s, te, se), engines in _grouped(pairs).items():
         one = 1 / images[engines[0]]
-        better = ("neither did better here: they differ by at most one test image" if abs(t - s) < 1.5 * one
+        better = ("neither did better here: they differ by at most one test image" if _within_one_image(t - s, images[engines[0]])
                   else f"{'transfer' if t > s else 'scratch'} did better here")
         epochs = f"{te} epochs each" if te == se else f"{te} and {se} epochs"
         lines.append(f"{', '.join(engines)}: transfer {t:.1%} vs scratch {s:.1%} test accuracy after {epochs} "
@@ -131,7 +137,7 @@ def variations_against_recipe(recipe, variations, history=None) -> str:
     (rows with stage and train_loss), why a head-alone first stage on random weights starts at a huge loss."""
     images = sum(variations.class_counts.get("test", {}).values()) or 1
     gap = variations.test_acc - recipe.test_acc
-    verdict = ("about the same" if abs(gap) < 1.5 / images
+    verdict = ("about the same" if _within_one_image(gap, images)
                else "better" if gap > 0 else "worse")
     epochs = (f"{recipe.epochs_run} epochs each" if recipe.epochs_run == variations.epochs_run
               else f"{variations.epochs_run} and {recipe.epochs_run} epochs")
@@ -348,7 +354,7 @@ def describe_lr_sweep(sweep, recipe, found) -> list[str]:
                                                        else f"{_times(1 / ratio)} below the configured {lr:.1e}."))
     images = sum(found.class_counts.get("test", {}).values()) or 1
     gap = found.test_acc - recipe.test_acc
-    verdict = "about the same" if abs(gap) < 1.5 / images else "better" if gap > 0 else "worse"
+    verdict = "about the same" if _within_one_image(gap, images) else "better" if gap > 0 else "worse"
     lines.append(f"Trained at the suggested rate: test accuracy {found.test_acc:.1%} against {recipe.test_acc:.1%} at "
                  f"{lr:.1e}, {found.epochs_run} epochs each ({images} test images, one is {1 / images:.1%}): {verdict} here.")
     if 2 <= len(sweep.rates) < 30:
